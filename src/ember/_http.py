@@ -1,0 +1,167 @@
+"""The pooled transport: POST JSON (or read server-sent events) with timeouts and retries.
+
+Retried, with exponential backoff and full jitter: 408, 409, 429, 5xx, connection
+errors, timeouts, and a 200 whose body is truncated or not JSON. `retry-after-ms` and
+`retry-after` are honoured with jitter added (so concurrent callers do not retry in
+lockstep) up to MAX_WAIT seconds; a provider that asks for longer is not waited for.
+Not retried: every other status (400, 401, 403, 404...). aiohttp is imported on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._types import Request
+from .errors import ProviderError, ProviderTimeout, RateLimited
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["events", "post", "retry_delay"]
+
+T = TypeVar("T")
+BACKOFF = 0.5  # seconds: the first retry waits up to this, doubling each time
+MAX_BACKOFF = 8.0
+MAX_WAIT = 60.0  # the longest retry-after ember will honour
+_sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, Any]] = {}
+
+
+def retry_delay(attempt: int, retry_after: float | None) -> float:
+    """Seconds to wait before retry `attempt` (0 for the first retry)."""
+    if retry_after is not None:
+        return retry_after + random.uniform(0, BACKOFF + retry_after / 2)
+    return random.uniform(0, min(MAX_BACKOFF, BACKOFF * 2**attempt))
+
+
+def _retry_after(headers: Any) -> float | None:
+    if "retry-after-ms" in headers:
+        return float(headers["retry-after-ms"]) / 1000
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+
+
+def _message(body: bytes | dict[str, Any]) -> str:
+    """The provider's own words from an error body (all three put them in error.message)."""
+    try:
+        data = json.loads(body) if isinstance(body, bytes) else body
+        error = data.get("error", data)
+        return str(error.get("message") or error) if isinstance(error, dict) else str(error)
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace")[:500] if isinstance(body, bytes) else str(body)
+
+
+def _error(req: Request, status: int | None, message: str) -> ProviderError:
+    if req.api_key:
+        message = message.replace(req.api_key, "***")
+    kind = RateLimited if status in (429, 529) else ProviderError
+    return kind(req.provider, status, message)
+
+
+async def _close_with_loop(session: aiohttp.ClientSession) -> AsyncIterator[None]:
+    """An async generator whose cleanup closes the session when its loop shuts down
+    (asyncio.run and friends call loop.shutdown_asyncgens() before closing a loop)."""
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+async def _session() -> aiohttp.ClientSession:
+    loop = asyncio.get_running_loop()
+    if loop not in _sessions:
+        import aiohttp
+
+        for old in [old for old in _sessions if old.is_closed()]:
+            del _sessions[old]
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        closer = _close_with_loop(session)
+        await closer.__anext__()
+        _sessions[loop] = (session, closer)
+    return _sessions[loop][0]
+
+
+async def _send(req: Request, url: str, headers: dict[str, str], body: dict[str, Any],
+                read: Callable[[aiohttp.ClientResponse], Awaitable[T]]) -> T:
+    """POST with retries; `read` turns a 200 answer into the result."""
+    import aiohttp
+
+    session = await _session()
+    timeout = aiohttp.ClientTimeout(sock_connect=req.timeout, sock_read=req.timeout)
+    for attempt in range(req.retries + 1):
+        wait = None
+        try:
+            resp = await session.post(url, json=body, headers=headers, timeout=timeout)
+            if resp.status == 200:
+                return await read(resp)
+            error = _error(req, resp.status, _message(await resp.read()))
+            resp.release()
+            wait = _retry_after(resp.headers)
+            retriable = resp.status in (408, 409, 429) or resp.status >= 500
+            if not retriable or (wait is not None and wait > MAX_WAIT):
+                raise error
+        except asyncio.TimeoutError:
+            error = ProviderTimeout(req.provider, None, f"no answer within {req.timeout}s")
+        except json.JSONDecodeError:
+            error = _error(req, 200, "the answer was cut short or was not valid JSON")
+        except aiohttp.ClientError as exc:
+            error = _error(req, None, f"{type(exc).__name__}: {exc}")
+        if attempt == req.retries:
+            raise error
+        await asyncio.sleep(retry_delay(attempt, wait))
+    raise AssertionError("unreachable")
+
+
+async def _read_json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(await resp.read())
+    return data
+
+
+async def post(req: Request, url: str, headers: dict[str, str],
+               body: dict[str, Any]) -> dict[str, Any]:
+    """POST `body` as JSON and return the decoded JSON answer."""
+    return await _send(req, url, headers, body, _read_json)
+
+
+async def _opened(resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    return resp
+
+
+async def events(req: Request, url: str, headers: dict[str, str],
+                 body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """POST `body` and yield the JSON data of each server-sent event, until [DONE] or EOF.
+    Only opening the stream is retried: once text has arrived, a failure is raised."""
+    import aiohttp
+
+    resp = await _send(req, url, headers, body, _opened)
+    lines: list[str] = []
+    try:
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("data:"):
+                lines.append(line[5:].removeprefix(" "))
+            elif not line and lines:
+                payload, lines = "\n".join(lines), []
+                if payload == "[DONE]":
+                    return
+                data = json.loads(payload)
+                if "error" in data:  # an error event, in each provider's shape
+                    raise _error(req, None, _message(data))
+                yield data
+    except asyncio.TimeoutError:
+        raise ProviderTimeout(req.provider, None, f"stream stalled for {req.timeout}s") from None
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise _error(req, None, f"stream broke: {type(exc).__name__}: {exc}") from None
+    finally:
+        resp.release()

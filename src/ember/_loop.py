@@ -1,0 +1,52 @@
+"""The one background event loop behind every sync twin.
+
+Sync calls run their async implementation on a single long-lived loop in a daemon
+thread, so connection pools are reused across calls and a sync call works even where
+the caller's thread already runs a loop (Jupyter, an async web handler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
+
+__all__ = ["iterate", "run"]
+
+T = TypeVar("T")
+_loop: asyncio.AbstractEventLoop | None = None
+_lock = threading.Lock()
+
+
+def _background() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=_loop.run_forever, name="ember-loop", daemon=True)
+            thread.start()
+    return _loop
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the background loop and wait for its result in this thread."""
+    loop = _background()
+    if threading.current_thread().name == "ember-loop":
+        coro.close()
+        raise RuntimeError("a sync ember call cannot run inside ember's own loop; await the a-twin")
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return future.result()
+    except BaseException:  # Ctrl-C or a failure: never leave the call running behind
+        future.cancel()
+        raise
+
+
+def iterate(items: AsyncIterator[T]) -> Iterator[T]:
+    """Drive an async iterator on the background loop, one item at a time."""
+    while True:
+        try:
+            yield run(items.__anext__())
+        except StopAsyncIteration:
+            return

@@ -1,0 +1,59 @@
+"""Every error ember raises, in one small hierarchy::
+
+    EmberError                  anything ember itself raises
+    ├── ConfigError             the call cannot be made as written: fix the code or environment
+    │   ├── MissingKey          no API key: names the variable to set and the parameter to pass
+    │   └── UnknownModel        no such model or provider: suggests the closest known names
+    └── ProviderError           the provider refused or failed, after retries:
+        │                       .provider, .status (None without an HTTP answer), .message
+        ├── RateLimited         429 (or an overloaded 529) still there after retries
+        └── ProviderTimeout     no answer within `timeout` seconds (also a TimeoutError)
+
+A mistake in the user's own code (a wrong argument to a decorated function, say) is never
+wrapped: it stays Python's own error. No message ever contains an API key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError", "EmberError", "MissingKey", "ProviderError", "ProviderTimeout",
+    "RateLimited", "UnknownModel",
+]
+
+
+class EmberError(Exception):
+    """Base class of every error ember raises."""
+
+
+class ConfigError(EmberError, ValueError):
+    """The call cannot be made as written; the message says what to change."""
+
+
+class MissingKey(ConfigError):
+    """No API key was found for a provider."""
+
+
+class UnknownModel(ConfigError):
+    """The model string names no known model or provider."""
+
+    def __init__(self, message: str, suggestions: list[str]) -> None:
+        hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+        super().__init__(message + hint)
+        self.suggestions = suggestions
+
+
+class ProviderError(EmberError):
+    """A provider answered with an error, or could not be reached, after retries."""
+
+    def __init__(self, provider: str, status: int | None, message: str) -> None:
+        where = f"{provider} returned HTTP {status}" if status else f"{provider} failed"
+        super().__init__(f"{where}: {message}")
+        self.provider, self.status, self.message = provider, status, message
+
+
+class RateLimited(ProviderError):
+    """The provider kept refusing for rate or capacity (429, 529) after every retry."""
+
+
+class ProviderTimeout(ProviderError, TimeoutError):
+    """The provider did not answer within the timeout, after every retry."""

@@ -1,0 +1,82 @@
+"""Which provider serves a model string, where it lives, and which key it needs.
+
+Each provider module turns a Request into its wire format (`encode`) and its answers
+back into text and usage (`decode`, `decode_event`), and names its transport (`post`,
+`events`). Nothing outside the module knows a provider's shape.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from types import ModuleType
+
+from ..errors import MissingKey, UnknownModel
+
+__all__ = ["PROVIDERS", "base_url", "key", "module", "resolve"]
+
+# name: (module, default base URL, key variables: the first is the one to tell users to set)
+PROVIDERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "openai": ("openai", "https://api.openai.com/v1", ("OPENAI_API_KEY",)),
+    "anthropic": ("anthropic", "https://api.anthropic.com", ("ANTHROPIC_API_KEY",)),
+    "google": (
+        "google", "https://generativelanguage.googleapis.com", ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    ),
+    "ollama": ("openai", "http://localhost:11434/v1", ()),
+    "local": ("local", "", ()),
+}
+PREFIXES = {"gpt-": "openai", "o1": "openai", "o3": "openai", "o4": "openai",
+            "chatgpt-": "openai", "text-embedding-": "openai", "claude-": "anthropic",
+            "gemini-": "google", "smollm2": "local"}
+LOCAL_MODELS = ["smollm2-135m-instruct"]
+
+
+def _suggest(name: str, choices: list[str]) -> list[str]:
+    return difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+
+
+def resolve(model: str) -> tuple[str, str]:
+    """'provider/model' or a bare well-known name -> (provider, model)."""
+    provider, slash, name = model.partition("/")
+    if slash:
+        if provider not in PROVIDERS:
+            raise UnknownModel(
+                f"Unknown provider {provider!r} in {model!r}.", _suggest(provider, list(PROVIDERS))
+            )
+        return provider, name
+    for prefix, provider in PREFIXES.items():
+        if model.startswith(prefix):
+            return provider, model
+    from .._prices import known_models
+
+    known = [f"{p}/{m}" for p in ("openai", "anthropic", "google") for m in known_models(p)]
+    known += [f"local/{m}" for m in LOCAL_MODELS]
+    close = _suggest(model, [k.split("/", 1)[1] for k in known])
+    raise UnknownModel(
+        f"Unknown model {model!r}: write 'provider/model' (providers: {', '.join(PROVIDERS)}).",
+        [k for k in known if k.split("/", 1)[1] in close][:3],
+    )
+
+
+def module(provider: str) -> ModuleType:
+    return importlib.import_module(f"{__name__}.{PROVIDERS[provider][0]}")
+
+
+def base_url(provider: str, given: str | None) -> str:
+    """The base URL: given, else $<PROVIDER>_BASE_URL, else the provider's own."""
+    url = given or os.environ.get(f"{provider.upper()}_BASE_URL") or PROVIDERS[provider][1]
+    return url.rstrip("/")
+
+
+def key(provider: str, given: str | None, url: str) -> str | None:
+    """The API key: given, else from the provider's variables. Required only by the
+    provider's own servers: a self-hosted OpenAI-compatible server may need none."""
+    variables = PROVIDERS[provider][2]
+    found = given or next((os.environ[v] for v in variables if os.environ.get(v)), None)
+    if found is None and variables and url == PROVIDERS[provider][1]:
+        raise MissingKey(
+            f"No API key for {provider}: set {' or '.join(variables)} in the environment, "
+            "or pass api_key=..."
+        )
+    return found

@@ -1,0 +1,46 @@
+"""Anthropic Messages API: `x-api-key`, `anthropic-version`, a top-level `system`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._http import events, post
+from .._types import Request, Usage
+
+__all__ = ["decode", "decode_event", "encode", "events", "post"]
+
+VERSION = "2023-06-01"
+MAX_TOKENS = 4096  # the API requires max_tokens; this default fits every current model
+
+
+def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
+    body = {"model": req.model, "messages": req.messages, "max_tokens": MAX_TOKENS, **req.params}
+    if "stop" in body:
+        stop = body.pop("stop")
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+    if req.system:
+        body["system"] = req.system
+    if req.stream:
+        body["stream"] = True
+    headers = {"x-api-key": req.api_key or "", "anthropic-version": VERSION}
+    return f"{req.base_url}/v1/messages", headers, body
+
+
+def _usage(usage: dict[str, Any] | None) -> Usage | None:
+    if not usage:
+        return None
+    return Usage(usage.get("input_tokens") or 0, usage.get("output_tokens") or 0)
+
+
+def decode(data: dict[str, Any]) -> tuple[str, Usage]:
+    text = "".join(block.get("text", "") for block in data["content"] if block["type"] == "text")
+    return text, _usage(data.get("usage")) or Usage()
+
+
+def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None]:
+    kind = data.get("type")
+    if kind == "content_block_delta":
+        return data["delta"].get("text", ""), None
+    if kind == "message_start":
+        return "", _usage(data["message"].get("usage"))
+    return "", _usage(data.get("usage")) if kind == "message_delta" else None

