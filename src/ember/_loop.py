@@ -8,6 +8,7 @@ the caller's thread already runs a loop (Jupyter, an async web handler).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -26,7 +27,13 @@ def _background() -> asyncio.AbstractEventLoop:
             _loop = asyncio.new_event_loop()
             thread = threading.Thread(target=_loop.run_forever, name="ember-loop", daemon=True)
             thread.start()
+            atexit.register(_shutdown, _loop)
     return _loop
+
+
+def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
+    """At exit, let open connection pools close cleanly (see _http._close_with_loop)."""
+    asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -1,0 +1,47 @@
+"""Shared fixtures: fake provider servers on 127.0.0.1, and an environment that points
+ember at them. No test reaches beyond loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ember import _http
+from fakes import AnthropicServer, GeminiServer, OpenAIServer
+
+KEYS = {"OPENAI_API_KEY": "sk-test-openai-secret", "ANTHROPIC_API_KEY": "sk-ant-test-secret",
+        "GEMINI_API_KEY": "gm-test-secret"}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No real keys or base URLs leak in from the machine; retries wait briefly."""
+    for name in [*KEYS, "GOOGLE_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",
+                 "GOOGLE_BASE_URL", "OLLAMA_BASE_URL"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_http, "BACKOFF", 0.01)
+
+
+@pytest.fixture
+def openai_srv(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    with OpenAIServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", KEYS["OPENAI_API_KEY"])
+        yield server
+
+
+@pytest.fixture
+def anthropic_srv(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
+    with AnthropicServer() as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEYS["ANTHROPIC_API_KEY"])
+        yield server
+
+
+@pytest.fixture
+def gemini_srv(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiServer]:
+    with GeminiServer() as server:
+        monkeypatch.setenv("GOOGLE_BASE_URL", server.base_url)
+        monkeypatch.setenv("GEMINI_API_KEY", KEYS["GEMINI_API_KEY"])
+        yield server

@@ -1,0 +1,98 @@
+"""The embedded model, run for real, and the `ember` command end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+
+from ember import models
+from ember.errors import ProviderError
+from fakes import OpenAIServer
+
+FEW_SHOT = """Review: Terrible, it broke at once.
+Sentiment: negative
+
+Review: I love it, works perfectly.
+Sentiment: positive
+
+Review: {text}
+Sentiment:"""
+
+
+def test_the_embedded_model_completes_a_few_shot_prompt():
+    r = models("local/smollm2", FEW_SHOT.format(text="Wonderful food and friendly staff."),
+               raw=True, max_tokens=2, temperature=0, stop=["\n"])
+    assert r.text.strip().lower().startswith("pos")
+    assert r.provider == "local" and r.cost == 0.0  # runs in-process: free, and known to be
+    assert r.usage.input_tokens > 20 and 0 < r.usage.output_tokens <= 2
+
+
+def test_the_embedded_model_chats_and_streams():
+    r = models("smollm2", "Say hello.", max_tokens=8, temperature=0)
+    assert r.text and r.usage.output_tokens == 8
+    stream = models.stream("local/smollm2", "Say hello.", max_tokens=8, temperature=0)
+    chunks = list(stream)
+    assert "".join(chunks) == r.text  # greedy: the same words, in pieces
+    assert stream.response is not None and stream.response.usage.output_tokens == 8
+
+
+async def test_embedded_calls_run_one_at_a_time_without_blocking_the_loop():
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    beat = asyncio.create_task(heartbeat())
+    calls = [models.acall("local/smollm2", f"Count to {n}.", max_tokens=16, temperature=0)
+             for n in (3, 4, 5)]
+    results = await asyncio.gather(*calls)
+    beat.cancel()
+    assert all(r.usage.output_tokens > 0 for r in results)
+    assert ticks >= 10  # the loop kept running while the model worked
+
+
+def test_a_bad_parameter_is_the_models_own_error():
+    try:
+        models("local/smollm2", "Hi", max_tokens="many")
+    except ProviderError as error:
+        assert error.provider == "local" and error.status == 400 and "max_tokens" in error.message
+    else:
+        raise AssertionError("expected a ProviderError")
+
+
+def _ember(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "import sys, ember.cli; sys.exit(ember.cli.main())", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_ember_demo_classifies_the_shipped_set_and_reports_its_numbers():
+    out = _ember("demo")
+    assert out.returncode == 0, out.stderr
+    score = re.search(r"accuracy (\d+)/(\d+)", out.stdout)
+    assert score is not None and int(score[2]) >= 40
+    assert int(score[1]) / int(score[2]) >= 0.7  # few-shot on a 135M model: demo-grade
+    assert re.search(r"calls \d+ +tokens \d+ in \+ \d+ out +cost \$0\.000000 +latency", out.stdout)
+    assert out.stdout.count("(want ") == int(score[2])  # one line per item
+
+
+def test_ember_prompt_streams_text_to_stdout_and_numbers_to_stderr(openai_srv: OpenAIServer):
+    openai_srv.reply_text = "Paris is the capital."
+    env = {"OPENAI_BASE_URL": openai_srv.base_url, "OPENAI_API_KEY": "sk-cli-secret"}
+    out = _ember("Capital of France?", "-m", "gpt-4o-mini", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "Paris is the capital.\n"
+    assert "tokens 12 in + 5 out" in out.stderr and "cost $0.0000" in out.stderr
+    assert "sk-cli-secret" not in out.stdout + out.stderr
+
+
+def test_ember_prompt_without_a_key_says_what_to_set():
+    out = _ember("Hi", "-m", "claude-sonnet-4-5", env={"ANTHROPIC_API_KEY": ""})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "ANTHROPIC_API_KEY" in out.stderr
