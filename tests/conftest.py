@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from fakes import AnthropicServer, GeminiServer, OpenAIServer
 
 from ember import _http
-from fakes import AnthropicServer, GeminiServer, OpenAIServer
 
 KEYS = {"OPENAI_API_KEY": "sk-test-openai-secret", "ANTHROPIC_API_KEY": "sk-ant-test-secret",
         "GEMINI_API_KEY": "gm-test-secret"}

@@ -10,12 +10,12 @@ import sys
 import warnings
 
 import pytest
+from fakes import OpenAIServer
 
 import ember
 from ember import Model, Response, Usage, _http, models
 from ember._call import request
 from ember.errors import ConfigError, EmberError, MissingKey, UnknownModel
-from fakes import OpenAIServer
 
 
 def test_exported_names_are_pinned():

@@ -8,9 +8,10 @@ import re
 import subprocess
 import sys
 
+from fakes import OpenAIServer
+
 from ember import models
 from ember.errors import ProviderError
-from fakes import OpenAIServer
 
 FEW_SHOT = """Review: Terrible, it broke at once.
 Sentiment: negative

@@ -4,11 +4,11 @@ sends (path, headers, body) and what it makes of the answers, streams and error 
 from __future__ import annotations
 
 import pytest
-
 from conftest import KEYS
+from fakes import AnthropicServer, GeminiServer, OpenAIServer
+
 from ember import models
 from ember.errors import ProviderError, RateLimited
-from fakes import AnthropicServer, GeminiServer, OpenAIServer
 
 MESSAGES = [
     {"role": "system", "content": "Be terse."},

@@ -4,14 +4,15 @@ waits, and that concurrent callers do not come back in lockstep."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 
 import pytest
+from fakes import Fault, OpenAIServer
 
 from ember import _http, models
 from ember.errors import ProviderError, ProviderTimeout, RateLimited
-from fakes import Fault, OpenAIServer
 
 
 def test_transient_statuses_are_retried_until_success(openai_srv: OpenAIServer):
@@ -108,7 +109,7 @@ async def test_concurrent_retries_are_spread_by_jitter(openai_srv: OpenAIServer,
     retries = sorted(r.at for r in openai_srv.requests[n:])
     firsts = [r.at for r in openai_srv.requests[:n]]
     assert retries[0] - max(firsts) >= 0.2 - 0.01  # nobody came back before retry-after
-    gaps = [b - a for a, b in zip(retries, retries[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(retries)]
     assert retries[-1] - retries[0] > 0.15  # spread out, not a stampede
     assert max(gaps) < 0.3 and statistics.mean(gaps) > 0.005
 
@@ -117,7 +118,7 @@ def test_backoff_is_exponential_with_full_jitter(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(_http, "BACKOFF", 0.5)
     for attempt, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (10, _http.MAX_BACKOFF)]:
         waits = [_http.retry_delay(attempt, None) for _ in range(2000)]
-        assert 0 <= min(waits) and max(waits) <= ceiling
+        assert min(waits) >= 0 and max(waits) <= ceiling
         assert max(waits) > 0.9 * ceiling and min(waits) < 0.1 * ceiling  # full range used
     with_header = [_http.retry_delay(0, 2.0) for _ in range(2000)]
     assert min(with_header) >= 2.0 and max(with_header) > 2.5  # honoured, plus jitter

@@ -30,7 +30,7 @@ def request(model: str, prompt: str | list[dict[str, Any]], *, system: str | Non
             f"prompt must be a str or a list of {{'role', 'content'}} dicts, not {prompt!r:.60}"
         )
     systems = [m["content"] for m in messages if m["role"] == "system"]
-    system = "\n\n".join([system] + systems if system else systems) or None
+    system = "\n\n".join([system, *systems] if system else systems) or None
     url = providers.base_url(provider, base_url)
     return Request(
         provider, name, [m for m in messages if m["role"] != "system"], params, system, url,

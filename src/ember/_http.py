@@ -111,7 +111,7 @@ async def _send(req: Request, url: str, headers: dict[str, str], body: dict[str,
             retriable = resp.status in (408, 409, 429) or resp.status >= 500
             if not retriable or (wait is not None and wait > MAX_WAIT):
                 raise error
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = ProviderTimeout(req.provider, None, f"no answer within {req.timeout}s")
         except json.JSONDecodeError:
             error = _error(req, 200, "the answer was cut short or was not valid JSON")
@@ -159,7 +159,7 @@ async def events(req: Request, url: str, headers: dict[str, str],
                 if "error" in data:  # an error event, in each provider's shape
                     raise _error(req, None, _message(data))
                 yield data
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ProviderTimeout(req.provider, None, f"stream stalled for {req.timeout}s") from None
     except (aiohttp.ClientError, ValueError) as exc:
         raise _error(req, None, f"stream broke: {type(exc).__name__}: {exc}") from None

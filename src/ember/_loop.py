@@ -52,8 +52,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def iterate(items: AsyncIterator[T]) -> Iterator[T]:
     """Drive an async iterator on the background loop, one item at a time."""
+
+    async def step() -> T:
+        return await anext(items)
+
     while True:
         try:
-            yield run(items.__anext__())
+            yield run(step())
         except StopAsyncIteration:
             return

@@ -47,7 +47,7 @@ def cost(provider: str, model: str, usage: Usage) -> float | None:
     calc = price_model.calc_price(
         PriceUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
         price_provider,
-        genai_request_timestamp=datetime.datetime.now(datetime.timezone.utc),
+        genai_request_timestamp=datetime.datetime.now(datetime.UTC),
     )
     return float(calc.total_price)
 

@@ -1,0 +1,897 @@
+"""Fake OpenAI, Anthropic and Gemini servers for tests: real wire formats, faults, recording.
+
+Each server listens on 127.0.0.1 only, on a random port, in a background thread with its own
+event loop::
+
+    with openai_server(reply_text="hi") as srv:
+        srv.fail(429, "hang")  # the next request gets a 429; the one after, no answer at all
+        ...  # point the client at srv.base_url, then inspect srv.requests
+
+Wire facts checked against public copies of the sources named here (Nov 2025):
+
+OpenAI (base ``url + "/v1"``)
+  * Chunks are ``chat.completion.chunk``. The first has ``delta.role``, the last an empty delta
+    and ``finish_reason``. With ``stream_options.include_usage`` a final chunk has
+    ``"choices": []`` and the usage, and all other chunks have ``"usage": null``. Then
+    ``data: [DONE]`` (OpenAPI text in docs.rs/openai-struct ChatCompletionStreamOptions).
+  * Errors: ``{"error": {message, type, param, code}}``. With no key the message is "You didn't
+    provide an API key..." (code null); "Incorrect API key provided" (code invalid_api_key) is
+    for a wrong key (openai/openai-python#1434). A 429 has type ``requests`` and code
+    ``rate_limit_exceeded``. A mid-stream error is ``data: {"error": {...}}``
+    (openai-python src/openai/_streaming.py raises on it).
+  * ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` give resets as "1s" or "6m0s"
+    (rate-limits guide); ``retry-after`` and ``retry-after-ms`` come on a 429 (wrtnlabs/autobe#136).
+  * Embeddings: ``{object: "list", data: [{object: "embedding", index, embedding}], model,
+    usage: {prompt_tokens, total_tokens}}`` (developers.openai.com reference). With
+    ``encoding_format="base64"``, the SDK's default, vectors come as base64 float32 LE.
+Anthropic (base ``url``)
+  * A stream runs message_start, content_block_start, ping, content_block_delta (text_delta)...,
+    content_block_stop, message_delta (stop_reason, usage.output_tokens), message_stop. Each
+    ``event:`` name equals the data's ``type``. An in-stream error is ``event: error`` with
+    overloaded_error, which is 529 outside a stream (docs.anthropic.com api/messages-streaming).
+  * Errors: ``{type: "error", error: {type, message}, request_id}``. The types are 400
+    invalid_request_error, 401 authentication_error, 403 permission_error, 404 not_found_error,
+    413 request_too_large, 429 rate_limit_error, 500 api_error and 529 overloaded_error (API
+    errors page). "x-api-key header is required" is a 401 (n8n-io/n8n#37930).
+    "anthropic-version: header is required" is a 400 (Pasta-Devs/Marinara-Engine#120).
+  * ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`` give resets in RFC 3339.
+    ``retry-after`` is in seconds (docs.anthropic.com api/rate-limits). Replies carry ``request-id``.
+Gemini (base ``url``; paths ``/v1beta/models/{model}:{method}``)
+  * Replies have candidates[{content: {role: "model", parts: [{text}]}, finishReason, index}],
+    usageMetadata{promptTokenCount, candidatesTokenCount, totalTokenCount}, modelVersion and
+    responseId (generativelanguage v1beta GenerateContentResponse). ``?alt=sse`` streams
+    ``data: {GenerateContentResponse}``. Only the last event has finishReason and the full
+    counts. Without ``alt=sse`` the chunks come as one JSON array (discuss.google.dev #146282).
+    Events end in CRLF CRLF. This is not documented, but Google's JS SDK parser accepts it.
+  * Errors: ``{error: {code, message, status}}``. The statuses are 400 INVALID_ARGUMENT, 403
+    PERMISSION_DENIED, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED, 500 INTERNAL, 503 UNAVAILABLE and
+    504 DEADLINE_EXCEEDED (ai.google.dev gemini-api/docs/troubleshooting). No key gives a 403
+    "Method doesn't allow unregistered callers..." (PublicAffairs/openai-gemini#92). A wrong key
+    gives a 400 "API key not valid..." with ErrorInfo API_KEY_INVALID (continuedev/continue#10290).
+    There are no rate-limit headers. A real 429 may add a RetryInfo ``retryDelay`` detail; it
+    is left out here, so use ``Fault(body=...)``. batchEmbedContents returns
+    ``{embeddings: [{values}]}``.
+Plain int faults add no ``retry-after``. Recorded header names are lower-cased.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+__all__ = [
+    "AnthropicServer",
+    "FakeProvider",
+    "Fault",
+    "GeminiServer",
+    "OpenAIServer",
+    "Recorded",
+    "anthropic_server",
+    "gemini_server",
+    "openai_server",
+]
+
+HANG_LIMIT = 120.0  # a "hang" drops the connection after this long even if close() never comes
+_KINDS = ("truncate", "hang", "disconnect", "stream-error")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request as the server received it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
+    json: Any | None  # parsed body, or None when empty or not JSON
+    body: bytes
+    at: float  # time.monotonic() on arrival
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A custom failure: ``body`` None uses the provider's own error body for ``status``;
+    a dict or list is sent as JSON, a str or bytes as is."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+
+
+Step = int | Fault | str
+
+
+class FakeProvider:
+    """One server on 127.0.0.1:<random port>, run by aiohttp in a background thread."""
+
+    name = "fake"
+    _frames_before_error = 1  # a "stream-error" sends this many frames, then the error event
+
+    def __init__(
+        self,
+        *,
+        reply_text: str = "Hello from fake",
+        usage: tuple[int, int] = (12, 5),
+        latency: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        stream_delay: float = 0.0,
+        embedding_dim: int = 8,
+    ) -> None:
+        self.reply_text, self.usage, self.latency = reply_text, usage, latency
+        self.headers: dict[str, str] = dict(headers or {})
+        self.api_key = api_key  # when set, any other key is refused like a wrong key
+        self.stream_delay = stream_delay  # seconds between streamed events
+        self.embedding_dim = embedding_dim
+        self.requests: list[Recorded] = []
+        self._faults: deque[Step] = deque()
+        self._lock = threading.Condition()
+        self._closed = False
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"fake-{self.name}", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._start_error is not None:
+            raise RuntimeError(f"fake {self.name} server failed to start") from self._start_error
+
+    # ---- public API -----------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+    def fail(self, *steps: Step) -> None:
+        """Queue faults, used one per request (whatever its path) in order; then normal answers resume.
+
+        A step is an int status (that status with the provider's own error body), a Fault,
+        "truncate" (200, application/json, the normal JSON answer cut in half, even for a stream
+        request), "hang" (no answer until close(), or HANG_LIMIT seconds), "disconnect" (the
+        connection closed with no response), or "stream-error" (a stream request gets its first
+        text chunk, then the provider's in-stream error event; a non-stream request gets the
+        matching status instead: OpenAI 500, Anthropic 529, Gemini 503).
+        """
+        for step in steps:
+            if not (isinstance(step, (int, Fault)) or step in _KINDS):
+                raise ValueError(
+                    f"unknown fault {step!r}; use an int status, a Fault or one of {_KINDS}"
+                )
+        with self._lock:
+            self._faults.extend(steps)
+
+    @property
+    def pending(self) -> int:
+        """How many queued faults have not been used yet."""
+        with self._lock:
+            return len(self._faults)
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> bool:
+        """Block until at least ``count`` requests have arrived; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
+
+    def ratelimit_headers(
+        self,
+        requests: tuple[int, int] = (100, 99),
+        tokens: tuple[int, int] = (10_000, 9_000),
+        reset: float = 1.0,
+    ) -> dict[str, str]:
+        """Realistic rate-limit headers, (limit, remaining) each, for ``headers`` or a Fault."""
+        return {}
+
+    def close(self) -> None:
+        """Stop the server: hanging requests are dropped, and the thread is joined."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop.is_running():
+            with contextlib.suppress(Exception):  # closing must not fail a test
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> FakeProvider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- server lifecycle ------------------------------------------------------------------
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._start())
+        except BaseException as exc:  # reported by __init__
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        tasks = asyncio.all_tasks(self._loop)
+        for task in tasks:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self._loop.close()
+
+    async def _start(self) -> None:
+        self._stop = asyncio.Event()
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        self._sock.listen(128)
+        await web.SockSite(self._runner, self._sock).start()
+
+    async def _shutdown(self) -> None:
+        self._stop.set()
+        await self._runner.cleanup()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the server stops."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
+
+    # ---- request handling ------------------------------------------------------------------
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        rec = Recorded(
+            request.method,
+            request.path,
+            dict(request.query),
+            {k.lower(): v for k, v in request.headers.items()},
+            body,
+            raw,
+            time.monotonic(),
+        )
+        with self._lock:
+            self.requests.append(rec)
+            self._lock.notify_all()
+            step = self._faults.popleft() if self._faults else None
+        await self._pause(self.latency)
+        route = self._route(request)
+        model = (route[1] if route else "") or (
+            str(body.get("model", "")) if isinstance(body, dict) else ""
+        )
+        if step == "hang":
+            await self._pause(HANG_LIMIT)
+            return self._drop(request)
+        if step == "disconnect":
+            return self._drop(request)
+        if isinstance(step, (int, Fault)):
+            return self._fault(step if isinstance(step, Fault) else Fault(step), model)
+        if route is None:
+            return self._error(404, self._unknown_path(request), model)
+        refused = self._auth(request)
+        if refused is not None:
+            return refused
+        problem = self._check(route[0], body, raw)
+        if problem is not None:
+            return self._error(400, problem, model)
+        assert isinstance(body, dict)
+        stream = self._is_stream(route[0], body, request)
+        if step == "truncate":
+            text = json.dumps(self._answer(route[0], model, body))
+            return web.Response(
+                body=text[: len(text) // 2].encode(), content_type="application/json"
+            )
+        if step == "stream-error" and not stream:
+            return self._error(self._stream_error_status, None, model)
+        if not stream:
+            return web.json_response(
+                self._answer(route[0], model, body), headers=self._ok_headers()
+            )
+        frames = self._chat_frames(model, body, request)
+        cut = self._frames_before_error if step == "stream-error" else None
+        return await self._stream(request, frames, cut, self._error_frame(request))
+
+    def _drop(self, request: web.Request) -> web.StreamResponse:
+        """Close the connection without a response."""
+        if request.transport is not None:
+            request.transport.close()
+        raise asyncio.CancelledError  # aiohttp treats this as a client gone: nothing is logged or sent
+
+    def _fault(self, fault: Fault, model: str) -> web.Response:
+        if fault.body is None:
+            resp = self._error(fault.status, None, model)
+            resp.headers.update(fault.headers)
+            return resp
+        data = fault.body if isinstance(fault.body, (str, bytes)) else json.dumps(fault.body)
+        data = data.encode() if isinstance(data, str) else data
+        headers = {"Content-Type": "application/json", **fault.headers}
+        return web.Response(status=fault.status, body=data, headers=headers)
+
+    def _error(self, status: int, message: str | None, model: str = "") -> web.Response:
+        return web.json_response(
+            self._error_body(status, message, model), status=status, headers=self._id_headers()
+        )
+
+    async def _stream(
+        self, request: web.Request, frames: list[bytes], cut: int | None, error: bytes
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": self._stream_type(request),
+                "Cache-Control": "no-cache",
+                **self._ok_headers(),
+            }
+        )
+        try:
+            await resp.prepare(request)
+            for i, frame in enumerate(frames):
+                if i == cut:
+                    await resp.write(error)
+                    break
+                if i:
+                    await self._pause(self.stream_delay)
+                await resp.write(frame)
+            await resp.write_eof()
+        except ConnectionError:  # the client went away mid-stream
+            pass
+        return resp
+
+    def _ok_headers(self) -> dict[str, str]:
+        return {**self._id_headers(), **self.headers}
+
+    def _vector(self, text: str) -> list[float]:
+        digest = hashlib.sha256(text.encode()).digest()
+        while len(digest) < self.embedding_dim:
+            digest += hashlib.sha256(digest).digest()
+        return [round(b / 127.5 - 1.0, 6) for b in digest[: self.embedding_dim]]
+
+    # ---- per provider ------------------------------------------------------------------------
+    _stream_error_status = 500
+
+    def _route(self, request: web.Request) -> tuple[str, str] | None:
+        raise NotImplementedError
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        raise NotImplementedError
+
+    def _check(self, kind: str, body: Any, raw: bytes) -> str | None:
+        raise NotImplementedError
+
+    def _is_stream(self, kind: str, body: dict[str, Any], request: web.Request) -> bool:
+        return kind == "chat" and body.get("stream") is True
+
+    def _answer(self, kind: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _chat_frames(self, model: str, body: dict[str, Any], request: web.Request) -> list[bytes]:
+        raise NotImplementedError
+
+    def _error_frame(self, request: web.Request) -> bytes:
+        raise NotImplementedError
+
+    def _error_body(self, status: int, message: str | None, model: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _unknown_path(self, request: web.Request) -> str:
+        return "Not Found"
+
+    def _id_headers(self) -> dict[str, str]:
+        return {}
+
+    def _stream_type(self, request: web.Request) -> str:
+        return "text/event-stream; charset=utf-8"
+
+
+def _split3(text: str) -> list[str]:
+    """Split text into about three pieces, at spaces where possible; they join back to text."""
+    n, pieces, start = len(text), [], 0
+    for cut in (n // 3, 2 * n // 3):
+        space = text.find(" ", cut)
+        cut = space if start < space < n else max(cut, start)
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return [p for p in pieces if p] or [""]
+
+
+def _data(obj: Any, event: str | None = None, end: str = "\n\n") -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(obj)}{end}".encode()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    return f"{int(minutes)}m{secs:g}s" if minutes else f"{secs:g}s"
+
+
+_OPENAI_ERRORS = {
+    400: ("invalid_request_error", None, "Invalid request."),
+    401: (
+        "invalid_request_error",
+        "invalid_api_key",
+        "Incorrect API key provided: sk-fake***. "
+        "You can find your API key at https://platform.openai.com/account/api-keys.",
+    ),
+    403: (
+        "request_forbidden",
+        "unsupported_country_region_territory",
+        "Country, region, or territory not supported",
+    ),
+    404: (
+        "invalid_request_error",
+        "model_not_found",
+        "The model `{model}` does not exist or you do not have access to it.",
+    ),
+    429: (
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached for {model} in organization "
+        "org-fake on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.",
+    ),
+    500: (
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+}
+_NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field "
+    "(with blank username) if you're accessing the API from your browser and are prompted for "
+    "a username and password. You can obtain an API key from "
+    "https://platform.openai.com/account/api-keys."
+)
+
+
+class OpenAIServer(FakeProvider):
+    name = "openai"
+    _frames_before_error = 2  # the role chunk and the first text chunk
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def ratelimit_headers(
+        self,
+        requests: tuple[int, int] = (100, 99),
+        tokens: tuple[int, int] = (10_000, 9_000),
+        reset: float = 1.0,
+    ) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for kind, (limit, left) in (("requests", requests), ("tokens", tokens)):
+            out |= {
+                f"x-ratelimit-limit-{kind}": str(limit),
+                f"x-ratelimit-remaining-{kind}": str(left),
+                f"x-ratelimit-reset-{kind}": _duration(reset),
+            }
+        return out
+
+    def _route(self, request: web.Request) -> tuple[str, str] | None:
+        kinds = {"/v1/chat/completions": "chat", "/v1/embeddings": "embed"}
+        kind = kinds.get(request.path) if request.method == "POST" else None
+        return (kind, "") if kind else None
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not token:
+            return web.json_response(
+                {
+                    "error": {
+                        "message": _NO_KEY,
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status=401,
+                headers=self._id_headers(),
+            )
+        if self.api_key is not None and token != self.api_key:
+            return self._error(
+                401,
+                f"Incorrect API key provided: {token[:3]}***{token[-4:]}. You can "
+                "find your API key at https://platform.openai.com/account/api-keys.",
+            )
+        return None
+
+    def _check(self, kind: str, body: Any, raw: bytes) -> str | None:
+        if not isinstance(body, dict):
+            return (
+                "We could not parse the JSON body of your request. (HINT: This likely means you "
+                "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
+            )
+        if not body.get("model"):
+            return "you must provide a model parameter"
+        need = "messages" if kind == "chat" else "input"
+        return None if need in body else f"Missing required parameter: '{need}'."
+
+    def _answer(self, kind: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        model, (i, o) = body["model"], self.usage
+        if kind == "embed":
+            raw = body["input"]
+            items = (
+                [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw)
+            )
+            b64 = body.get("encoding_format") == "base64"
+            data = []
+            for n, item in enumerate(items):
+                vec: Any = self._vector(item if isinstance(item, str) else json.dumps(item))
+                if b64:
+                    vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+                data.append({"object": "embedding", "index": n, "embedding": vec})
+            return {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": i, "total_tokens": i},
+            }
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.reply_text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
+        }
+
+    def _chat_frames(self, model: str, body: dict[str, Any], request: web.Request) -> list[bytes]:
+        i, o = self.usage
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+            "system_fingerprint": None,
+        }
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            out = {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            return _data(out | {"usage": None} if with_usage else out)
+
+        frames = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        frames += [chunk({"content": part}) for part in _split3(self.reply_text)]
+        frames.append(chunk({}, "stop"))
+        if with_usage:
+            usage = {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}
+            frames.append(_data({**base, "choices": [], "usage": usage}))
+        return [*frames, b"data: [DONE]\n\n"]
+
+    def _error_frame(self, request: web.Request) -> bytes:
+        return _data({"error": self._error_body(500, None, "")["error"]})
+
+    def _error_body(self, status: int, message: str | None, model: str) -> dict[str, Any]:
+        kind, code, default = _OPENAI_ERRORS.get(status, ("api_error", None, f"HTTP {status}"))
+        return {
+            "error": {
+                "message": message or default.format(model=model or "gpt-4o-mini"),
+                "type": kind,
+                "param": None,
+                "code": code,
+            }
+        }
+
+    def _unknown_path(self, request: web.Request) -> str:
+        return f"Invalid URL ({request.method} {request.path})"
+
+    def _id_headers(self) -> dict[str, str]:
+        return {"x-request-id": f"req_{uuid.uuid4().hex}"}
+
+
+_ANTHROPIC_ERRORS = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: (
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+    ),
+    404: ("not_found_error", "model: {model}"),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of requests has exceeded your per-minute rate limit."),
+    500: ("api_error", "Internal server error"),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+
+class AnthropicServer(FakeProvider):
+    name = "anthropic"
+    _frames_before_error = 4  # message_start, content_block_start, ping, first text delta
+    _stream_error_status = 529
+
+    def ratelimit_headers(
+        self,
+        requests: tuple[int, int] = (100, 99),
+        tokens: tuple[int, int] = (10_000, 9_000),
+        reset: float = 1.0,
+    ) -> dict[str, str]:
+        at = (datetime.now(UTC) + timedelta(seconds=reset)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out: dict[str, str] = {}
+        for kind, (limit, left) in (("requests", requests), ("tokens", tokens)):
+            out |= {
+                f"anthropic-ratelimit-{kind}-limit": str(limit),
+                f"anthropic-ratelimit-{kind}-remaining": str(left),
+                f"anthropic-ratelimit-{kind}-reset": at,
+            }
+        return out
+
+    def _route(self, request: web.Request) -> tuple[str, str] | None:
+        return ("chat", "") if request.method == "POST" and request.path == "/v1/messages" else None
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        key = request.headers.get("x-api-key")
+        if not key:
+            return self._error(401, "x-api-key header is required")
+        if self.api_key is not None and key != self.api_key:
+            return self._error(401, "invalid x-api-key")
+        if not request.headers.get("anthropic-version"):
+            return self._error(400, "anthropic-version: header is required")
+        return None
+
+    def _check(self, kind: str, body: Any, raw: bytes) -> str | None:
+        if not isinstance(body, dict):
+            return "There was an error parsing the body of your request."
+        missing = [f for f in ("model", "max_tokens", "messages") if f not in body]
+        return f"{missing[0]}: Field required" if missing else None
+
+    def _message(
+        self, model: str, content: list[Any], stop: str | None, out_tokens: int
+    ) -> dict[str, Any]:
+        return {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.usage[0], "output_tokens": out_tokens},
+        }
+
+    def _answer(self, kind: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._message(
+            body["model"], [{"type": "text", "text": self.reply_text}], "end_turn", self.usage[1]
+        )
+
+    def _chat_frames(self, model: str, body: dict[str, Any], request: web.Request) -> list[bytes]:
+        def event(obj: dict[str, Any]) -> bytes:
+            return _data(obj, event=obj["type"])
+
+        frames = [
+            event({"type": "message_start", "message": self._message(body["model"], [], None, 1)}),
+            event(
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                }
+            ),
+            event({"type": "ping"}),
+        ]
+        frames += [
+            event(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": part},
+                }
+            )
+            for part in _split3(self.reply_text)
+        ]
+        return [
+            *frames,
+            event({"type": "content_block_stop", "index": 0}),
+            event(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": self.usage[1]},
+                }
+            ),
+            event({"type": "message_stop"}),
+        ]
+
+    def _error_frame(self, request: web.Request) -> bytes:
+        return _data(
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+            event="error",
+        )
+
+    def _error_body(self, status: int, message: str | None, model: str) -> dict[str, Any]:
+        fallback = (
+            ("api_error", "Internal server error")
+            if status >= 500
+            else ("invalid_request_error", "Error")
+        )
+        kind, default = _ANTHROPIC_ERRORS.get(status, fallback)
+        return {
+            "type": "error",
+            "error": {"type": kind, "message": message or default.format(model=model)},
+            "request_id": f"req_{uuid.uuid4().hex[:24]}",
+        }
+
+    def _id_headers(self) -> dict[str, str]:
+        return {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
+
+
+_GEMINI_ERRORS = {
+    400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
+    401: ("UNAUTHENTICATED", "Request had invalid authentication credentials."),
+    403: ("PERMISSION_DENIED", "The caller does not have permission"),
+    404: (
+        "NOT_FOUND",
+        "models/{model} is not found for API version v1beta, or is not supported for "
+        "generateContent. Call ListModels to see the list of available models and their supported methods.",
+    ),
+    429: (
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details.",
+    ),
+    500: (
+        "INTERNAL",
+        "An internal error has occurred. Please retry or report in "
+        "https://developers.generativeai.google/guide/troubleshooting",
+    ),
+    503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+    504: ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
+}
+_GEMINI_PATH = re.compile(r"^/v1(?:beta)?/models/([^/:]+):(\w+)$")
+_GEMINI_METHODS = {
+    "generateContent": "chat",
+    "streamGenerateContent": "stream",
+    "batchEmbedContents": "embed",
+}
+
+
+class GeminiServer(FakeProvider):
+    name = "gemini"
+    _stream_error_status = 503
+
+    def _route(self, request: web.Request) -> tuple[str, str] | None:
+        match = _GEMINI_PATH.match(request.path) if request.method == "POST" else None
+        kind = _GEMINI_METHODS.get(match.group(2)) if match else None
+        return (kind, match.group(1)) if kind and match else None
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not key:
+            return self._error(
+                403,
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to call this API.",
+            )
+        if self.api_key is not None and key != self.api_key:
+            resp = self._error_body(400, "API key not valid. Please pass a valid API key.", "")
+            resp["error"]["details"] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"},
+                }
+            ]
+            return web.json_response(resp, status=400)
+        return None
+
+    def _check(self, kind: str, body: Any, raw: bytes) -> str | None:
+        if not isinstance(body, dict):
+            return f"Invalid JSON payload received. Unexpected token.\n{raw[:40]!r}"
+        need = "requests" if kind == "embed" else "contents"
+        return (
+            None
+            if body.get(need)
+            else f"* GenerateContentRequest.{need}: {need} is not specified\n"
+        )
+
+    def _is_stream(self, kind: str, body: dict[str, Any], request: web.Request) -> bool:
+        return kind == "stream"
+
+    def _answer(self, kind: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        def text(content: Mapping[str, Any]) -> str:
+            return "".join(p.get("text", "") for p in content.get("parts", []))
+
+        if kind == "embed":
+            return {
+                "embeddings": [
+                    {"values": self._vector(text(r.get("content", {})))} for r in body["requests"]
+                ]
+            }
+        return self._chunk(model, self.reply_text, True, f"{uuid.uuid4().hex[:22]}")
+
+    def _chunk(self, model: str, text: str, last: bool, rid: str) -> dict[str, Any]:
+        i, o = self.usage
+        candidate: dict[str, Any] = {
+            "content": {"role": "model", "parts": [{"text": text}]},
+            "index": 0,
+        }
+        usage = {"promptTokenCount": i, "candidatesTokenCount": o, "totalTokenCount": i + o}
+        if last:
+            candidate["finishReason"] = "STOP"
+        else:
+            usage = {"promptTokenCount": i, "totalTokenCount": i}
+        return {
+            "candidates": [candidate],
+            "usageMetadata": usage,
+            "modelVersion": model,
+            "responseId": rid,
+        }
+
+    def _chat_frames(self, model: str, body: dict[str, Any], request: web.Request) -> list[bytes]:
+        parts, rid = _split3(self.reply_text), uuid.uuid4().hex[:22]
+        chunks = [self._chunk(model, p, n == len(parts) - 1, rid) for n, p in enumerate(parts)]
+        if request.query.get("alt") == "sse":
+            return [_data(c, end="\r\n\r\n") for c in chunks]
+        texts = [("[" if n == 0 else ",\r\n") + json.dumps(c) for n, c in enumerate(chunks)]
+        return [t.encode() for t in texts] + [b"]"]
+
+    def _error_frame(self, request: web.Request) -> bytes:
+        error = self._error_body(503, None, "")
+        if request.query.get("alt") == "sse":
+            return _data(error, end="\r\n\r\n")
+        return f",\r\n{json.dumps(error)}]".encode()
+
+    def _stream_type(self, request: web.Request) -> str:
+        return (
+            "text/event-stream"
+            if request.query.get("alt") == "sse"
+            else "application/json; charset=UTF-8"
+        )
+
+    def _error_body(self, status: int, message: str | None, model: str) -> dict[str, Any]:
+        fallback = (
+            ("INTERNAL", "Internal error") if status >= 500 else ("FAILED_PRECONDITION", "Error")
+        )
+        kind, default = _GEMINI_ERRORS.get(status, fallback)
+        return {
+            "error": {
+                "code": status,
+                "message": message or default.format(model=model or "unknown"),
+                "status": kind,
+            }
+        }
+
+
+def openai_server(**kw: Any) -> OpenAIServer:
+    return OpenAIServer(**kw)
+
+
+def anthropic_server(**kw: Any) -> AnthropicServer:
+    return AnthropicServer(**kw)
+
+
+def gemini_server(**kw: Any) -> GeminiServer:
+    return GeminiServer(**kw)
