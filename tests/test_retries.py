@@ -4,6 +4,7 @@ waits, and that concurrent callers do not come back in lockstep."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import itertools
 import statistics
 import time
@@ -89,6 +90,15 @@ def test_retry_after_is_honoured(header: str, value: str, seconds: float,
     models("gpt-4o-mini", "Hi")
     first, second = openai_srv.requests
     assert seconds <= second.at - first.at < seconds + 2
+
+
+def test_retry_after_as_an_http_date_or_garbage(openai_srv: OpenAIServer):
+    soon = email.utils.formatdate(time.time() + 1.5, usegmt=True)  # whole seconds: 0.5-1.5 s
+    openai_srv.fail(Fault(429, {"retry-after": soon}), Fault(503, {"retry-after": "soon-ish"}))
+    assert models("gpt-4o-mini", "Hi").text == "Hello from fake"
+    first, second, third = openai_srv.requests
+    assert 0.4 <= second.at - first.at < 4  # the date was honoured
+    assert third.at - second.at < 0.4  # an unreadable header falls back to backoff
 
 
 def test_a_retry_after_beyond_the_cap_is_not_waited_for(openai_srv: OpenAIServer):

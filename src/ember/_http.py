@@ -40,16 +40,19 @@ def retry_delay(attempt: int, retry_after: float | None) -> float:
 
 
 def _retry_after(headers: Any) -> float | None:
+    """Seconds the provider asks us to wait, if it says so in a form we can read."""
     if "retry-after-ms" in headers:
-        return float(headers["retry-after-ms"]) / 1000
-    value = headers.get("retry-after")
-    if value is None:
-        return None
+        value, scale = headers["retry-after-ms"], 0.001
+    else:
+        value, scale = headers.get("retry-after"), 1.0
     try:
-        return max(0.0, float(value))
+        return max(0.0, float(value) * scale) if value is not None else None
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
+        pass
+    try:  # the other form allowed by HTTP: a date
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 def _message(body: bytes | dict[str, Any]) -> str:

@@ -16,19 +16,23 @@ __all__ = ["main"]
 
 DEMO_MODEL = "local/smollm2"
 DEMO_PROMPT = """\
-Classify the sentiment of each review as positive or negative.
+Review: The plot made no sense and the actors seemed bored.
+Sentiment: Negative
 
-Review: The soup was cold and the waiter ignored us.
-Sentiment: negative
+Review: This lamp is bright, stylish, and worth every penny.
+Sentiment: Positive
 
-Review: Absolutely loved it, I would buy it again tomorrow.
-Sentiment: positive
+Review: The noodles were soggy and the place smelled bad.
+Sentiment: Negative
 
-Review: It broke after two days and support never answered.
-Sentiment: negative
+Review: What a delightful film, full of joy and great music.
+Sentiment: Positive
 
-Review: A warm, funny film with a wonderful cast.
-Sentiment: positive
+Review: My order arrived broken and customer support never replied.
+Sentiment: Negative
+
+Review: The hotel room was spotless and the bed was very comfortable.
+Sentiment: Positive
 
 Review: {text}
 Sentiment:"""
