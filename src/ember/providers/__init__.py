@@ -8,6 +8,7 @@ back into text and usage (`decode`, `decode_event`), and names its transport (`p
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import os
 from types import ModuleType
@@ -59,6 +60,7 @@ def resolve(model: str) -> tuple[str, str]:
     )
 
 
+@functools.cache
 def module(provider: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{PROVIDERS[provider][0]}")
 

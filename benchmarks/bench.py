@@ -1,0 +1,402 @@
+"""ember against a bare aiohttp client and the official openai SDK, on a fake local server.
+
+    python benchmarks/bench.py            # full run, about 1-2 minutes
+    python benchmarks/bench.py --quick    # smaller counts, about 20 seconds
+    python benchmarks/bench.py --profile  # also: cProfile of ember's sequential calls
+
+Measures, in one run (see BENCHMARKS.md):
+ 1. sequential calls at 0 ms server latency: median and mean wall time per call, calls/s and
+    client CPU per call, for ember (async and its sync twin), bare aiohttp and AsyncOpenAI;
+ 2. N calls at C concurrent (C worker tasks) with 50 ms server latency: wall time, calls/s,
+    ratio to the ideal wall time N/C*latency, client CPU per call;
+ 3. import time of ember, openai and aiohttp in fresh interpreters.
+
+The fake server (benchmarks/fake_openai.py) runs in a separate process on 127.0.0.1 and
+stops by itself when this script exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import json
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODEL = "gpt-4o-mini"
+PROMPT = "Say hello in one short sentence."
+KEY = "sk-bench-0000000000000000"
+EXPECTED = "Hello! How can I help you today?"
+
+Call = Callable[[], Awaitable[str]]
+
+
+# --------------------------------------------------------------------------- the fake server
+
+class FakeServer:
+    """benchmarks/fake_openai.py in a child process; one port per latency."""
+
+    def __init__(self, impl: str, latencies_ms: list[float], lifetime: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "fake_openai.py"), "--impl", impl, "--lifetime",
+             str(lifetime), "--latency-ms", *map(str, latencies_ms)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "READY":
+            self.proc.kill()
+            raise RuntimeError(f"fake server did not start: {line}")
+        self.ports = {float(k): int(v) for k, v in (p.split("=") for p in line[1:])}
+
+    def cpu(self) -> float:
+        """CPU seconds the server process has used so far (Linux /proc; 0 elsewhere)."""
+        try:  # nanoseconds on a CPU, finer than /proc/<pid>/stat's clock ticks
+            return int(Path(f"/proc/{self.proc.pid}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def base_url(self, latency_ms: float) -> str:
+        return f"http://127.0.0.1:{self.ports[latency_ms]}/v1"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()  # the server stops on EOF
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __enter__(self) -> FakeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- the clients
+
+def messages() -> list[dict[str, str]]:
+    return [{"role": "user", "content": PROMPT}]
+
+
+async def make_ember(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    from ember import models
+
+    async def call() -> str:
+        return (await models.acall(MODEL, PROMPT, base_url=base_url, api_key=KEY)).text
+
+    async def close() -> None:  # ember closes its session when the loop shuts down
+        return None
+
+    return call, close
+
+
+async def make_bare(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """The least an aiohttp user would write: one shared session, POST json=, json.loads."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    url = base_url + "/chat/completions"
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    async def call() -> str:
+        body = {"model": MODEL, "messages": messages()}
+        async with session.post(url, json=body, headers=headers) as resp:
+            data = json.loads(await resp.read())
+        return data["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
+
+    return call, session.close
+
+
+async def make_openai(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key=KEY)  # max_retries left at its default
+
+    async def call() -> str:
+        resp = await client.chat.completions.create(model=MODEL, messages=messages())
+        return resp.choices[0].message.content or ""
+
+    return call, client.close
+
+
+def make_ember_sync(base_url: str) -> Callable[[], str]:
+    from ember import models
+
+    def call() -> str:
+        return models(MODEL, PROMPT, base_url=base_url, api_key=KEY).text
+
+    return call
+
+
+ASYNC_CLIENTS = {"ember": make_ember, "bare aiohttp": make_bare, "openai SDK": make_openai}
+
+
+# --------------------------------------------------------------------------- measurements
+
+async def seq_round(call: Call, n: int, times: list[int]) -> None:
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        await call()
+        times.append(clock() - t0)
+
+
+def seq_round_sync(call: Callable[[], str], n: int, times: list[int]) -> None:
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        call()
+        times.append(clock() - t0)
+
+
+async def concurrent(call: Call, n: int, workers: int) -> tuple[float, float]:
+    """n calls by `workers` worker tasks; (wall seconds, client CPU seconds)."""
+    left = n
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await call()
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return time.perf_counter() - t0, time.process_time() - cpu0
+
+
+def sequential(server: FakeServer, n: int, warmup: int, rounds: int) -> dict[str, dict]:
+    """Every client in interleaved rounds of n/rounds calls, so drift hits all alike."""
+    url = server.base_url(0.0)
+    loop = asyncio.new_event_loop()
+    clients = {name: loop.run_until_complete(make(url)) for name, make in ASYNC_CLIENTS.items()}
+    sync_call = make_ember_sync(url)
+    for name, (call, _) in clients.items():
+        answer = loop.run_until_complete(call())
+        assert answer == EXPECTED, (name, answer)
+        loop.run_until_complete(seq_round(call, warmup, []))
+    seq_round_sync(sync_call, warmup, [])
+
+    names = [*clients, "ember sync twin"]
+    times: dict[str, list[int]] = {name: [] for name in names}
+    cpu = dict.fromkeys(names, 0.0)
+    server_cpu = dict.fromkeys(names, 0.0)
+    per_round = n // rounds
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        for name in order:
+            c0, s0 = time.process_time(), server.cpu()
+            if name == "ember sync twin":
+                seq_round_sync(sync_call, per_round, times[name])
+            else:
+                loop.run_until_complete(seq_round(clients[name][0], per_round, times[name]))
+            cpu[name] += time.process_time() - c0
+            server_cpu[name] += server.cpu() - s0
+    for _, close in clients.values():
+        loop.run_until_complete(close())
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+    out = {}
+    for name in names:
+        ts = times[name]
+        out[name] = {
+            "median_us": statistics.median(ts) / 1000,
+            "mean_us": statistics.fmean(ts) / 1000,
+            "p99_us": sorted(ts)[int(len(ts) * 0.99)] / 1000,
+            "calls_s": len(ts) / (sum(ts) / 1e9),
+            "cpu_us": cpu[name] / len(ts) * 1e6,
+            "server_cpu_us": server_cpu[name] / len(ts) * 1e6,
+        }
+    return out
+
+
+def concurrency(server: FakeServer, latency_ms: float, n: int, workers: int,
+                reps: int) -> dict[str, dict]:
+    url = server.base_url(latency_ms)
+    ideal = n / workers * latency_ms / 1000
+    out = {}
+    for name, make in ASYNC_CLIENTS.items():
+        loop = asyncio.new_event_loop()  # a fresh loop and client for each, as a program would
+        call, close = loop.run_until_complete(make(url))
+        loop.run_until_complete(concurrent(call, workers, workers))  # warm-up: open the pool
+        s0 = server.cpu()
+        runs = [loop.run_until_complete(concurrent(call, n, workers)) for _ in range(reps)]
+        server_cpu = (server.cpu() - s0) / (n * reps)
+        loop.run_until_complete(close())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        out[name] = {"wall_s": wall, "best_s": min(w for w, _ in runs), "calls_s": n / wall,
+                     "vs_ideal": wall / ideal, "cpu_us": cpu / n * 1e6,
+                     "server_cpu_us": server_cpu * 1e6}
+    return out
+
+
+def import_times(runs: int) -> dict[str, dict]:
+    """Median of `python -c "import X"` minus `python -c "pass"`, and -X importtime's own
+    cumulative figure for X, each in a fresh interpreter."""
+    def wall(code: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return time.perf_counter() - t0
+
+    def self_reported(module: str) -> float:
+        err = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                             check=True, capture_output=True, text=True).stderr
+        for line in err.splitlines():
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) == 3 and parts[2] == module:
+                return int(parts[1]) / 1e6
+        raise RuntimeError(f"no importtime line for {module}")
+
+    modules = ["ember", "openai", "aiohttp"]
+    base: list[float] = []
+    walls: dict[str, list[float]] = {m: [] for m in modules}
+    selfs: dict[str, list[float]] = {m: [] for m in modules}
+    for _ in range(runs):  # interleaved, so background noise hits all alike
+        base.append(wall("pass"))
+        for m in modules:
+            walls[m].append(wall(f"import {m}"))
+            selfs[m].append(self_reported(m))
+    b = statistics.median(base)
+    return {m: {"wall_ms": (statistics.median(walls[m]) - b) * 1000,
+                "importtime_ms": statistics.median(selfs[m]) * 1000} for m in modules} | {
+        "(bare interpreter)": {"wall_ms": b * 1000, "importtime_ms": float("nan")}}
+
+
+def profile_ember(server: FakeServer, n: int) -> str:
+    """cProfile of n sequential ember calls (after a warm-up); the top functions by own time."""
+    url = server.base_url(0.0)
+    loop = asyncio.new_event_loop()
+    call, _ = loop.run_until_complete(make_ember(url))
+    loop.run_until_complete(seq_round(call, 200, []))
+    prof = cProfile.Profile()
+    prof.enable()
+    loop.run_until_complete(seq_round(call, n, []))
+    prof.disable()
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+    s = io.StringIO()
+    stats = pstats.Stats(prof, stream=s)
+    stats.sort_stats("tottime").print_stats(25)
+    s.write("\n---- ember's own functions, by cumulative time ----\n")
+    stats.sort_stats("cumulative").print_stats(r"ember", 20)
+    return s.getvalue()
+
+
+# --------------------------------------------------------------------------- report
+
+def versions() -> str:
+    def v(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    pkgs = ["ember", "aiohttp", "openai", "httpx2", "httpx", "httpcore2", "pydantic", "jiter"]
+    return ", ".join(f"{p} {v(p)}" for p in pkgs if v(p) != "-")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    def line(cells: list[str]) -> str:
+        padded = [c.ljust(w) if i == 0 else c.rjust(w)
+                  for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "| " + " | ".join(padded) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2))
+                         for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts (~20 s)")
+    parser.add_argument("--server", choices=["raw", "aiohttp"], default="raw",
+                        help="fake server implementation (default raw asyncio.Protocol)")
+    parser.add_argument("--calls", type=int, help="sequential calls per client (default 2000)")
+    parser.add_argument("--concurrent-calls", type=int, help="calls in case 2 (default 5000)")
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--profile", action="store_true", help="also cProfile ember sequential")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    n_seq = args.calls or (500 if args.quick else 2000)
+    n_conc = args.concurrent_calls or (2000 if args.quick else 5000)
+    reps = 1 if args.quick else 3
+    rounds = 2 if args.quick else 4
+    import_runs = 3 if args.quick else 7
+
+    print(f"python {platform.python_version()} on {platform.machine()}, "
+          f"{os.cpu_count()} cores; {versions()}; fake server: {args.server}", flush=True)
+    results: dict[str, object] = {}
+    t_start = time.perf_counter()
+    with FakeServer(args.server, [0.0, args.latency_ms], lifetime=900) as server:
+        print(f"\n1. sequential, 0 ms server latency, {n_seq} calls per client "
+              f"({rounds} interleaved rounds, after a warm-up)", flush=True)
+        seq = sequential(server, n_seq, warmup=200, rounds=rounds)
+        bare = seq["bare aiohttp"]
+        print(table(
+            ["client", "median µs", "mean µs", "p99 µs", "calls/s", "CPU µs/call",
+             "server CPU µs/call", "vs bare (median)", "vs bare (mean)"],
+            [[name, f"{r['median_us']:.0f}", f"{r['mean_us']:.0f}", f"{r['p99_us']:.0f}",
+              f"{r['calls_s']:.0f}", f"{r['cpu_us']:.0f}", f"{r['server_cpu_us']:.0f}",
+              f"{r['median_us'] / bare['median_us']:.2f}x",
+              f"{r['mean_us'] / bare['mean_us']:.2f}x"] for name, r in seq.items()]))
+        results["sequential"] = seq
+
+        ideal = n_conc / args.concurrency * args.latency_ms / 1000
+        print(f"\n2. {n_conc} calls, {args.concurrency} concurrent, {args.latency_ms:g} ms "
+              f"server latency (ideal wall {ideal:.2f} s; median of {reps}, after a warm-up)",
+              flush=True)
+        conc = concurrency(server, args.latency_ms, n_conc, args.concurrency, reps)
+        print(table(
+            ["client", "wall s", "best s", "calls/s", "wall / ideal", "CPU µs/call",
+             "server CPU µs/call", "vs bare (wall)"],
+            [[name, f"{r['wall_s']:.3f}", f"{r['best_s']:.3f}", f"{r['calls_s']:.0f}",
+              f"{r['vs_ideal']:.2f}x", f"{r['cpu_us']:.0f}", f"{r['server_cpu_us']:.0f}",
+              f"{r['wall_s'] / conc['bare aiohttp']['wall_s']:.2f}x"]
+             for name, r in conc.items()]))
+        results["concurrent"] = conc
+
+        if args.profile:
+            print("\nprofile: cProfile of ember, sequential (cProfile inflates every call)")
+            print(profile_ember(server, n_seq))
+
+    print(f"\n3. import time, fresh interpreter, median of {import_runs} "
+          "(wall = `python -c 'import X'` minus `python -c pass`)", flush=True)
+    imp = import_times(import_runs)
+    print(table(["module", "wall ms", "-X importtime ms"],
+                [[m, f"{r['wall_ms']:.1f}", "" if r["importtime_ms"] != r["importtime_ms"]
+                  else f"{r['importtime_ms']:.1f}"] for m, r in imp.items()]))
+    results["imports"] = imp
+
+    e, b = seq["ember"], seq["bare aiohttp"]
+    verdict = "meets" if e["median_us"] <= 1.25 * b["median_us"] else "misses"
+    print(f"\nember / bare aiohttp per call: {e['median_us'] / b['median_us']:.2f}x median, "
+          f"{e['mean_us'] / b['mean_us']:.2f}x mean "
+          f"(+{e['median_us'] - b['median_us']:.0f} µs median) -> {verdict} the 1.25x goal")
+    print(f"total run time {time.perf_counter() - t_start:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    gc.collect()
+    main()
