@@ -4,6 +4,7 @@ ember at them. No test reaches beyond loopback."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fakes import AnthropicServer, GeminiServer, OpenAIServer
@@ -15,11 +16,13 @@ KEYS = {"OPENAI_API_KEY": "sk-test-openai-secret", "ANTHROPIC_API_KEY": "sk-ant-
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No real keys or base URLs leak in from the machine; retries wait briefly."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real keys or base URLs leak in from the machine; ember's home (usage log, cache)
+    is a fresh folder per test; retries wait briefly."""
     for name in [*KEYS, "GOOGLE_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",
-                 "GOOGLE_BASE_URL", "OLLAMA_BASE_URL"]:
+                 "GOOGLE_BASE_URL", "OLLAMA_BASE_URL", "EMBER_LOG", "EMBER_LOG_PROMPTS"]:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("EMBER_HOME", str(tmp_path / "ember-home"))
     monkeypatch.setattr(_http, "BACKOFF", 0.01)
 
 

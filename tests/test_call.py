@@ -19,10 +19,12 @@ from ember.errors import ConfigError, EmberError, MissingKey, UnknownModel
 
 
 def test_exported_names_are_pinned():
-    assert sorted(ember.__all__) == ["Model", "Response", "Stream", "Usage", "errors", "models"]
+    assert sorted(ember.__all__) == [
+        "Budget", "MemoryStore", "Model", "Response", "SQLiteStore", "Stream", "Tracker", "Usage",
+        "budget", "cache", "errors", "models", "track", "usage"]
     assert sorted(ember.errors.__all__) == [
-        "ConfigError", "EmberError", "MissingKey", "ProviderError", "ProviderTimeout",
-        "RateLimited", "UnknownModel"]
+        "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "ProviderError",
+        "ProviderTimeout", "RateLimited", "UnknownModel"]
 
 
 async def test_sync_and_async_give_the_same_response(openai_srv: OpenAIServer):
@@ -103,7 +105,7 @@ def test_the_key_never_shows_in_a_request_repr():
 
 
 def test_response_reads_well():
-    r = Response("Hello there", "gpt-4o-mini", "openai", Usage(10, 2), 0.25)
+    r = Response("Hello there", "gpt-4o-mini", "openai", Usage(10, 2), 2.7e-06, 0.25)
     assert str(r) == "Hello there"
     assert repr(r) == ("Response('Hello there', model='openai/gpt-4o-mini', tokens=10+2, "
                        "cost=$0.000003, latency=0.250s)")

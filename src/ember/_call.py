@@ -1,4 +1,9 @@
-"""The call: `models(model, prompt)`, its async twin, bound instances and streams."""
+"""The call: `models(model, prompt)`, its async twin, bound instances, streams, embeddings.
+
+A request flows one way: request() checks it; send() asks the cache (only when asked),
+then reserves budget, sends it through the provider module and the paced transport,
+decodes the answer and records what it cost.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,23 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from . import providers
+from . import _cache, _spend, providers
 from ._loop import iterate, run
-from ._types import Request, Response, Usage
+from ._prices import cost
+from ._types import Call, Request, Response, Usage
+from .errors import ConfigError
 
 __all__ = ["Model", "Stream", "models"]
 
 TIMEOUT = 30.0  # seconds without a byte from the server before an attempt is abandoned
 RETRIES = 3
+Prompt = str | list[dict[str, Any]]
 
 
-def request(model: str, prompt: str | list[dict[str, Any]], *, system: str | None = None,
-            api_key: str | None = None, base_url: str | None = None, timeout: float = TIMEOUT,
-            retries: int = RETRIES, stream: bool = False, **params: Any) -> Request:
+def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: str | None = None,
+            base_url: str | None = None, timeout: float = TIMEOUT, retries: int = RETRIES,
+            stream: bool = False, cache: Any = None, texts: list[str] | None = None,
+            **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
     if isinstance(prompt, str):
@@ -35,17 +44,41 @@ def request(model: str, prompt: str | list[dict[str, Any]], *, system: str | Non
     return Request(
         provider, name, [m for m in messages if m["role"] != "system"], params, system, url,
         providers.key(provider, api_key, url), timeout, retries, stream,
+        _cache.store_for(cache), texts,
     )
 
 
 async def send(req: Request) -> Response:
-    """Send one Request to its provider and decode the answer."""
+    """One call, with the cache in front when the caller asked for it."""
+    if req.cache is None:
+        return await _fresh(req)
+    response = await _cache.through(req, _fresh)
+    if response.cached:
+        _spend.record(Call(req, response=response))
+    return response
+
+
+async def _fresh(req: Request) -> Response:
     provider = providers.module(req.provider)
     url, headers, body = provider.encode(req)
-    start = time.perf_counter()
-    data = await provider.post(req, url, headers, body)
-    text, usage = provider.decode(data)
-    return Response(text, req.model, req.provider, usage, time.perf_counter() - start, data)
+    with _spend.spending(req, body) as call:
+        start = time.perf_counter()
+        data = await provider.post(call, url, headers, body)
+        if req.texts is None:
+            (text, usage), vectors = provider.decode(data), None
+        else:
+            text, (vectors, usage) = "", provider.decode_embed(data)
+        call.response = _response(req, text, usage, start, data, vectors)
+    return call.response
+
+
+def _response(req: Request, text: str, usage: Usage | None, start: float, raw: dict[str, Any],
+              vectors: list[list[float]] | None = None) -> Response:
+    """The Response, priced; a provider that reports no usage gets cost None, never 0."""
+    price = None if usage is None else cost(req.provider, req.model, usage)
+    latency = time.perf_counter() - start
+    return Response(text, req.model, req.provider, usage or Usage(), price, latency, raw, False,
+                    vectors)
 
 
 class Stream:
@@ -59,18 +92,20 @@ class Stream:
     async def __aiter__(self) -> AsyncIterator[str]:
         req, provider = self.request, providers.module(self.request.provider)
         url, headers, body = provider.encode(req)
-        start, parts, usage = time.perf_counter(), [], Usage()
-        last: dict[str, Any] = {}
-        async for last in provider.events(req, url, headers, body):
-            text, seen = provider.decode_event(last)
-            if seen:  # providers report usage in pieces: keep the latest of each count
-                usage = Usage(seen.input_tokens or usage.input_tokens,
-                              seen.output_tokens or usage.output_tokens)
-            if text:
-                parts.append(text)
-                yield text
-        elapsed = time.perf_counter() - start
-        self.response = Response("".join(parts), req.model, req.provider, usage, elapsed, last)
+        parts: list[str] = []
+        usage, last = Usage(), {}
+        with _spend.spending(req, body) as call:
+            start = time.perf_counter()
+            async for last in provider.events(call, url, headers, body):
+                text, seen = provider.decode_event(last)
+                if seen:  # providers report usage in pieces: keep the latest of each count
+                    usage = Usage(seen.input_tokens or usage.input_tokens,
+                                  seen.output_tokens or usage.output_tokens)
+                if text:
+                    parts.append(text)
+                    yield text
+            call.response = _response(req, "".join(parts), usage, start, last)
+            self.response = call.response
 
     def __iter__(self) -> Iterator[str]:
         return iterate(self.__aiter__())
@@ -78,19 +113,20 @@ class Stream:
 
 class Model:
     """A model with bound settings: `gpt = models.instance("gpt-4o", temperature=0)`,
-    then `gpt("hi")`, `await gpt.acall("hi")`, `gpt.stream("hi")`. Per-call settings win."""
+    then `gpt("hi")`, `await gpt.acall("hi")`, `gpt.stream("hi")`. A call's own settings win.
+    """
 
     def __init__(self, model: str, **defaults: Any) -> None:
         providers.resolve(model)  # fail now, not at the first call
         self.model, self.defaults = model, defaults
 
-    def __call__(self, prompt: str | list[dict[str, Any]], **params: Any) -> Response:
+    def __call__(self, prompt: Prompt, **params: Any) -> Response:
         return run(self.acall(prompt, **params))
 
-    async def acall(self, prompt: str | list[dict[str, Any]], **params: Any) -> Response:
+    async def acall(self, prompt: Prompt, **params: Any) -> Response:
         return await send(request(self.model, prompt, **{**self.defaults, **params}))
 
-    def stream(self, prompt: str | list[dict[str, Any]], **params: Any) -> Stream:
+    def stream(self, prompt: Prompt, **params: Any) -> Stream:
         return Stream(request(self.model, prompt, stream=True, **{**self.defaults, **params}))
 
     astream = stream  # one Stream serves both: iterate it with `for` or `async for`
@@ -100,27 +136,38 @@ class Model:
         return f"Model({self.model!r}{settings})"
 
 
-class _Models:
+class Models:
     """`models(model, prompt, **params)` calls a model and returns its Response.
 
     `model` is 'provider/model' or a well-known bare name (gpt-*, o1/o3/o4*, chatgpt-*,
     claude-*, gemini-*); `prompt` a string or a list of {'role', 'content'} messages.
-    Common params: system, temperature, max_tokens, stop; ember's own: api_key, base_url,
-    timeout (seconds of silence per attempt, default 30), retries (default 3). Every other
-    parameter goes to the provider as it is.
+    Common params: system, temperature, max_tokens, stop. ember's own: api_key, base_url,
+    timeout (seconds of silence per attempt, default 30), retries (default 3), cache
+    (True or a store; off by default). Every other parameter goes to the provider as is.
     """
 
-    def __call__(self, model: str, prompt: str | list[dict[str, Any]], **params: Any) -> Response:
+    def __call__(self, model: str, prompt: Prompt, **params: Any) -> Response:
         return run(self.acall(model, prompt, **params))
 
-    async def acall(self, model: str, prompt: str | list[dict[str, Any]],
-                    **params: Any) -> Response:
+    async def acall(self, model: str, prompt: Prompt, **params: Any) -> Response:
         return await send(request(model, prompt, **params))
 
-    def stream(self, model: str, prompt: str | list[dict[str, Any]], **params: Any) -> Stream:
+    def stream(self, model: str, prompt: Prompt, **params: Any) -> Stream:
         return Stream(request(model, prompt, stream=True, **params))
 
     astream = stream
+
+    def embed(self, model: str, texts: list[str], **params: Any) -> Response:
+        """Embed `texts` in one call: `.vectors` in order, with usage and cost."""
+        return run(self.aembed(model, texts, **params))
+
+    async def aembed(self, model: str, texts: list[str], **params: Any) -> Response:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a list of strings: embed(model, ['a', 'b'])")
+        req = request(model, [], texts=list(texts), **params)
+        if not hasattr(providers.module(req.provider), "decode_embed"):
+            raise ConfigError(f"{req.provider} has no embeddings API here; use openai or google")
+        return await send(req)
 
     def instance(self, model: str, **defaults: Any) -> Model:
         return Model(model, **defaults)
@@ -129,4 +176,4 @@ class _Models:
         return "<ember.models: models(model, prompt, **params) -> Response>"
 
 
-models = _Models()
+models = Models()

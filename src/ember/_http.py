@@ -14,10 +14,10 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-from ._types import Request
+from ._types import Call, Request
 from .errors import ProviderError, ProviderTimeout, RateLimited
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = ["events", "post", "retry_delay"]
 
-T = TypeVar("T")
 BACKOFF = 0.5  # seconds: the first retry waits up to this, doubling each time
 MAX_BACKOFF = 8.0
 MAX_WAIT = 60.0  # the longest retry-after ember will honour
@@ -95,21 +94,20 @@ async def _session() -> aiohttp.ClientSession:
     return _sessions[loop][0]
 
 
-async def _send(req: Request, url: str, headers: dict[str, str], body: dict[str, Any],
-                read: Callable[[aiohttp.ClientResponse], Awaitable[T]]) -> T:
-    """POST with retries; `read` turns a 200 answer into the result."""
+async def _send(call: Call, url: str, headers: dict[str, str], body: dict[str, Any],
+                stream: bool = False) -> Any:
+    """POST with retries: the decoded JSON of a 200 answer, or the open response to stream."""
     import aiohttp
 
-    session = await _session()
+    req, session = call.request, await _session()
     timeout = aiohttp.ClientTimeout(sock_connect=req.timeout, sock_read=req.timeout)
     for attempt in range(req.retries + 1):
         wait = None
         try:
             resp = await session.post(url, json=body, headers=headers, timeout=timeout)
             if resp.status == 200:
-                return await read(resp)
+                return resp if stream else json.loads(await resp.read())
             error = _error(req, resp.status, _message(await resp.read()))
-            resp.release()
             wait = _retry_after(resp.headers)
             retriable = resp.status in (408, 409, 429) or resp.status >= 500
             if not retriable or (wait is not None and wait > MAX_WAIT):
@@ -122,32 +120,25 @@ async def _send(req: Request, url: str, headers: dict[str, str], body: dict[str,
             error = _error(req, None, f"{type(exc).__name__}: {exc}")
         if attempt == req.retries:
             raise error
+        call.retries += 1
         await asyncio.sleep(retry_delay(attempt, wait))
     raise AssertionError("unreachable")
 
 
-async def _read_json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(await resp.read())
+async def post(call: Call, url: str, headers: dict[str, str],
+               body: dict[str, Any]) -> dict[str, Any]:
+    """POST `body` as JSON and return the decoded JSON answer."""
+    data: dict[str, Any] = await _send(call, url, headers, body)
     return data
 
 
-async def post(req: Request, url: str, headers: dict[str, str],
-               body: dict[str, Any]) -> dict[str, Any]:
-    """POST `body` as JSON and return the decoded JSON answer."""
-    return await _send(req, url, headers, body, _read_json)
-
-
-async def _opened(resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
-    return resp
-
-
-async def events(req: Request, url: str, headers: dict[str, str],
+async def events(call: Call, url: str, headers: dict[str, str],
                  body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """POST `body` and yield the JSON data of each server-sent event, until [DONE] or EOF.
     Only opening the stream is retried: once text has arrived, a failure is raised."""
     import aiohttp
 
-    resp = await _send(req, url, headers, body, _opened)
+    req, resp = call.request, await _send(call, url, headers, body, stream=True)
     lines: list[str] = []
     try:
         async for raw in resp.content:

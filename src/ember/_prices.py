@@ -1,6 +1,8 @@
 """The cost of a call, from the maintained `genai-prices` data (imported on first use).
 
-A model whose price is unknown costs None, never a silent 0, with one warning per model.
+A model's price is looked up once; flat per-token prices are then applied in about a
+microsecond, tiered or dated ones through genai-prices itself. A model whose price is
+unknown costs None, never a silent 0, with one warning per model.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import datetime
 import functools
 import warnings
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from ._types import Usage
@@ -15,41 +19,43 @@ from ._types import Usage
 __all__ = ["cost", "known_models"]
 
 FREE = {"local", "ollama"}  # runs on the user's own machine
-PRICE_IDS = {"openai": "openai", "anthropic": "anthropic", "google": "google"}
+Pricer = Callable[[int, int], float]
 
 
 @functools.cache
-def _price_model(provider: str, model: str) -> tuple[Any, Any] | None:
+def _pricer(provider: str, model: str) -> Pricer | None:
+    from genai_prices import Usage as PriceUsage
     from genai_prices import data_snapshot
+    from genai_prices.types import ModelPrice
 
     try:
-        return data_snapshot.get_snapshot().find_provider_model(
-            model, None, PRICE_IDS.get(provider, provider), None
-        )
+        found, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
     except LookupError:
-        warnings.warn(
-            f"ember: no price known for {provider}/{model}; its calls have cost=None",
-            stacklevel=2,
-        )
+        warnings.warn(f"ember: no price known for {provider}/{model}; its calls have cost=None",
+                      stacklevel=4)
         return None
+    price = info.prices
+    rates: tuple[Any, ...] = ()
+    if isinstance(price, ModelPrice):
+        rates = (price.input_mtok or 0, price.output_mtok or 0)
+    if rates and all(isinstance(rate, (int, Decimal)) for rate in rates):
+        per_in, per_out = (float(rate) / 1e6 for rate in rates)
+        return lambda tokens_in, tokens_out: tokens_in * per_in + tokens_out * per_out
+
+    def tiered(tokens_in: int, tokens_out: int) -> float:
+        usage = PriceUsage(input_tokens=tokens_in, output_tokens=tokens_out)
+        now = datetime.datetime.now(datetime.UTC)
+        return float(info.calc_price(usage, found, genai_request_timestamp=now).total_price)
+
+    return tiered
 
 
 def cost(provider: str, model: str, usage: Usage) -> float | None:
     """USD for `usage` on `model`, or None when the price is unknown."""
     if provider in FREE:
         return 0.0
-    found = _price_model(provider, model)
-    if found is None:
-        return None
-    from genai_prices import Usage as PriceUsage
-
-    price_provider, price_model = found
-    calc = price_model.calc_price(
-        PriceUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
-        price_provider,
-        genai_request_timestamp=datetime.datetime.now(datetime.UTC),
-    )
-    return float(calc.total_price)
+    pricer = _pricer(provider, model)
+    return None if pricer is None else pricer(usage.input_tokens, usage.output_tokens)
 
 
 @functools.cache
@@ -58,6 +64,6 @@ def known_models(provider: str) -> list[str]:
     from genai_prices import data_snapshot
 
     for entry in data_snapshot.get_snapshot().providers:
-        if entry.id == PRICE_IDS.get(provider, provider):
+        if entry.id == provider:
             return [m.id for m in entry.models]
     return []

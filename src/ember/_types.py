@@ -1,15 +1,14 @@
-"""The three values every call passes along: Request in, Usage and Response out."""
+"""The values every call passes along: Request in, Usage and Response out, Call between."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Request", "Response", "Usage"]
+__all__ = ["Call", "Request", "Response", "Usage"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Usage:
     """Tokens of one call, as the provider counted them."""
 
@@ -17,9 +16,10 @@ class Usage:
     output_tokens: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
-    """One call as ember will send it; providers turn it into their wire format."""
+    """One call as ember will send it; providers turn it into their wire format.
+    `texts` is set for an embedding call, `messages` for a chat."""
 
     provider: str
     model: str
@@ -31,37 +31,44 @@ class Request:
     timeout: float = 30.0
     retries: int = 3
     stream: bool = False
+    cache: Any = None  # None, or the store that may answer this call
+    texts: list[str] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
-    """What a call returns. `cost` is in USD, None when the model's price is unknown.
-
-    The cost is worked out when first read (pricing costs ~50 us, a quarter of a call).
-    """
+    """What a call returns: `text` (or `vectors` for embeddings), usage, and `cost` in USD,
+    None when the model's price is unknown. A cache hit has cached=True and cost 0."""
 
     text: str
     model: str
     provider: str
     usage: Usage
+    cost: float | None
     latency: float
-    raw: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
     cached: bool = False
-
-    @functools.cached_property
-    def cost(self) -> float | None:
-        from ._prices import cost
-
-        return 0.0 if self.cached else cost(self.provider, self.model, self.usage)
+    vectors: list[list[float]] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         return self.text
 
     def __repr__(self) -> str:
         short = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        shown = f"{len(self.vectors)} vectors" if self.vectors is not None else repr(short)
         cost = "unknown" if self.cost is None else f"${self.cost:.6f}"
         return (
-            f"Response({short!r}, model='{self.provider}/{self.model}', "
+            f"Response({shown}, model='{self.provider}/{self.model}', "
             f"tokens={self.usage.input_tokens}+{self.usage.output_tokens}, cost={cost}, "
             f"latency={self.latency:.3f}s{', cached' if self.cached else ''})"
         )
+
+
+@dataclass(slots=True)
+class Call:
+    """What ember learns while one request is under way (filled by the transport)."""
+
+    request: Request
+    retries: int = 0
+    response: Response | None = None
+    hold: Any = None  # the budget reservation, if any

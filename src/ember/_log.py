@@ -1,0 +1,90 @@
+"""The usage log: one row per call in usage.sqlite in the ember home folder.
+
+On by default; `EMBER_LOG=0` turns it off. Prompts and answers are stored only with
+`EMBER_LOG_PROMPTS=1`. A background thread writes the rows in batches, so logging never
+slows or fails a call; a log that cannot be written warns once. The schema changes only
+by appending to MIGRATIONS.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import queue
+import threading
+import time
+import warnings
+from typing import Any
+
+from ._sqlite import connect, home
+from ._types import Call
+
+__all__ = ["LOG", "MIGRATIONS", "flush", "write"]
+
+LOG = "usage.sqlite"
+MIGRATIONS = [
+    ("001_calls", "CREATE TABLE calls (time REAL, provider TEXT, model TEXT, tag TEXT, "
+                  "input_tokens INT, output_tokens INT, cost REAL, latency REAL, cached INT, "
+                  "retries INT, error TEXT, prompt TEXT, response TEXT)"),
+    ("002_calls_time_index", "CREATE INDEX calls_time ON calls (time)"),
+]
+_rows: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
+_writer: list[threading.Thread] = []
+_start = threading.Lock()
+
+
+def write(call: Call, error: BaseException | None, tag: str | None) -> None:
+    """Queue the call's row (the home folder is the one in force when the call was made)."""
+    if os.environ.get("EMBER_LOG") == "0":
+        return
+    req, r = call.request, call.response
+    prompt = answer = None
+    if os.environ.get("EMBER_LOG_PROMPTS") == "1":
+        system = [{"role": "system", "content": req.system}] if req.system else []
+        prompt, answer = json.dumps(system + req.messages), r and r.text
+    numbers = (r.usage.input_tokens, r.usage.output_tokens, r.cost, r.latency, r.cached) if r \
+        else (0, 0, 0.0, None, False)  # a failed call is not billed
+    _rows.put((os.environ.get("EMBER_HOME", ""), (time.time(), req.provider, req.model, tag,
+               *numbers, call.retries, error and type(error).__name__, prompt, answer)))
+    with _start:
+        if not _writer:
+            _writer.append(threading.Thread(target=_write, name="ember-log", daemon=True))
+            _writer[0].start()
+            atexit.register(flush)
+
+
+def _write() -> None:
+    """Wait for rows; write all that are waiting, one transaction per home folder."""
+    warned = False
+    while True:
+        items = [_rows.get()]
+        with contextlib.suppress(queue.Empty):
+            while len(items) < 1000:
+                items.append(_rows.get_nowait())
+        batches: dict[str, list[tuple[Any, ...]]] = {}
+        for item in items:
+            if not isinstance(item, threading.Event):
+                batches.setdefault(item[0], []).append(item[1])
+        for folder, rows in batches.items():
+            try:
+                with contextlib.closing(connect(home(folder) / LOG, MIGRATIONS)) as db:
+                    db.execute("BEGIN")
+                    db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 13)})", rows)
+                    db.execute("COMMIT")
+            except Exception as problem:  # never fail a call for its log row
+                if not warned:
+                    warnings.warn(f"ember: usage log not written ({problem})", stacklevel=1)
+                warned = True
+        for item in items:
+            if isinstance(item, threading.Event):
+                item.set()
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Wait until every call so far is in the usage log (also run at exit)."""
+    if _writer:
+        done = threading.Event()
+        _rows.put(done)
+        done.wait(timeout)

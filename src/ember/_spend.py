@@ -1,0 +1,198 @@
+"""Know and cap what you spend: `track()`, `budget()` and `usage()`.
+
+Every call is recorded in the trackers active in its task (contextvars, so concurrent
+tasks do not mix), in the process-wide `usage()`, and in the usage log (see _log).
+
+A budget reserves each call's worst case before it is sent: an upper bound of its input
+tokens (the request's size in bytes: a token is at least one byte) plus its max_tokens,
+at the model's price. A call whose reservation would cross a cap is refused, unsent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from . import _log
+from ._prices import cost
+from ._types import Call, Request, Usage
+from .errors import BudgetExceeded, ConfigError
+
+__all__ = ["Budget", "Tracker", "budget", "record", "spending", "track", "usage"]
+
+_trackers: ContextVar[tuple[Tracker, ...]] = ContextVar("ember_trackers", default=())
+_budgets: ContextVar[tuple[Budget, ...]] = ContextVar("ember_budgets", default=())
+_lock = threading.Lock()  # trackers and budgets are shared with worker threads
+
+
+class _Scope:
+    """Entered with `with` or `async with`: active in this task and the tasks it starts."""
+
+    _var: ContextVar[tuple[Any, ...]]
+
+    def __enter__(self) -> Any:
+        self._token = self._var.set((*self._var.get(), self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._var.reset(self._token)
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
+
+
+class Tracker(_Scope):
+    """Usage of the calls made while it is active: see `track()`."""
+
+    _var = _trackers
+
+    def __init__(self, tag: str | None = None) -> None:
+        self.tag = tag
+        self.calls = self.input_tokens = self.output_tokens = 0
+        self.cached = self.retries = self.errors = self.unpriced = 0
+        self.cost = self.saved = 0.0
+        self.latencies: list[float] = []
+        self.by_model: dict[str, Tracker] = {}
+
+    def _add(self, call: Call, error: BaseException | None) -> None:
+        r = call.response
+        self.calls += 1
+        self.retries += call.retries
+        self.errors += error is not None
+        if r is None:
+            return
+        self.latencies.append(r.latency)
+        if r.cached:
+            self.cached += 1
+            self.saved += cost(r.provider, r.model, r.usage) or 0.0
+            return
+        self.input_tokens += r.usage.input_tokens
+        self.output_tokens += r.usage.output_tokens
+        self.cost += r.cost or 0.0
+        self.unpriced += r.cost is None
+
+    def percentile(self, q: float) -> float:
+        """Latency (seconds) below which q percent of the calls finished."""
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
+
+    def __repr__(self) -> str:
+        unknown = f" (+{self.unpriced} calls of unknown price)" if self.unpriced else ""
+        return (f"Tracker(calls={self.calls}, tokens={self.input_tokens}+{self.output_tokens}, "
+                f"cost=${self.cost:.6f}{unknown}, cached={self.cached}, saved=${self.saved:.6f}, "
+                f"retries={self.retries}, errors={self.errors}, "
+                f"p50={self.percentile(50):.3f}s, p95={self.percentile(95):.3f}s)")
+
+
+class Budget(_Scope):
+    """A hard cap on spend (USD) and/or tokens: see `budget()`."""
+
+    _var = _budgets
+
+    def __init__(self, usd: float | None = None, tokens: int | None = None) -> None:
+        if usd is None and tokens is None:
+            raise ConfigError("budget() needs a cap: budget(usd=2.00) or budget(tokens=100_000)")
+        self.usd, self.tokens = usd, tokens
+        self.spent = self.reserved = 0.0
+        self.tokens_used = self.tokens_reserved = 0
+
+    def _admit(self, model: str, usd: float | None, tokens: int) -> None:
+        if self.usd is not None and usd is None:
+            raise BudgetExceeded(f"no price is known for {model}, so a usd budget cannot bound "
+                                 "its calls: cap them with budget(tokens=...) instead")
+        for cap, spent, held, need, unit in [(self.usd, self.spent, self.reserved, usd, "USD"), (
+                self.tokens, self.tokens_used, self.tokens_reserved, tokens, "tokens")]:
+            if cap is not None and spent + held + (need or 0) > cap:
+                raise BudgetExceeded(
+                    f"budget of {cap:g} {unit} would be crossed: spent {spent:g}, reserved "
+                    f"{held:g} for calls under way, and this call may need {need:g}")
+
+    def __repr__(self) -> str:
+        return (f"Budget(usd={self.usd}, tokens={self.tokens}, spent=${self.spent:.6f}, "
+                f"tokens_used={self.tokens_used})")
+
+
+def track(tag: str | None = None) -> Tracker:
+    """`with track() as t:` (or `async with`): t.calls, t.cost, t.input_tokens, t.by_model...
+    of the calls made inside. `tag` labels them in the usage log."""
+    return Tracker(tag)
+
+
+def budget(usd: float | None = None, tokens: int | None = None) -> Budget:
+    """`with budget(usd=2.00):` refuses, unsent, any call that could cross the cap."""
+    return Budget(usd, tokens)
+
+
+_process = Tracker()
+
+
+def usage() -> Tracker:
+    """The usage of every call this process has made."""
+    return _process
+
+
+def _max_out(req: Request, body: dict[str, Any]) -> int:
+    if req.texts is not None:
+        return 0
+    config = body.get("generationConfig", {})
+    for found in (body.get("max_tokens"), body.get("max_completion_tokens"),
+                  config.get("maxOutputTokens")):
+        if found is not None:
+            return int(found)
+    raise ConfigError("under a budget, pass max_tokens=... so that ember can bound the call")
+
+
+def _reserve(req: Request, body: dict[str, Any]) -> Any:
+    budgets = _budgets.get()
+    if not budgets:
+        return None
+    tokens_in = len(json.dumps(body).encode())  # a token is at least one byte
+    tokens = tokens_in + _max_out(req, body)
+    usd = cost(req.provider, req.model, Usage(tokens_in, tokens - tokens_in))
+    with _lock:
+        for cap in budgets:
+            cap._admit(f"{req.provider}/{req.model}", usd, tokens)
+        for cap in budgets:
+            cap.reserved += usd or 0.0
+            cap.tokens_reserved += tokens
+    return budgets, usd or 0.0, tokens
+
+
+@contextlib.contextmanager
+def spending(req: Request, body: dict[str, Any]) -> Iterator[Call]:
+    """Reserve budget for one call, then settle and record it however it ends."""
+    call = Call(req, hold=_reserve(req, body))
+    try:
+        yield call
+    except BaseException as error:
+        record(call, error)
+        raise
+    record(call)
+
+
+def record(call: Call, error: BaseException | None = None) -> None:
+    """Settle the call's reservation and add it to every tracker and the usage log."""
+    r = call.response
+    with _lock:
+        if call.hold is not None:
+            budgets, usd, tokens = call.hold
+            for cap in budgets:
+                cap.reserved -= usd
+                cap.tokens_reserved -= tokens
+                if r is not None and not r.cached:
+                    cap.spent += r.cost or 0.0
+                    cap.tokens_used += r.usage.input_tokens + r.usage.output_tokens
+        active = _trackers.get()
+        for tracker in (_process, *active):
+            tracker._add(call, error)
+            if tracker is not _process:
+                key = f"{call.request.provider}/{call.request.model}"
+                tracker.by_model.setdefault(key, Tracker())._add(call, error)
+    _log.write(call, error, next((t.tag for t in reversed(active) if t.tag), None))

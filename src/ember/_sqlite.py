@@ -1,0 +1,41 @@
+"""ember's home folder and its SQLite files: readable by the owner only, WAL mode (several
+processes at once), and a schema that changes only by append-only named migrations."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+__all__ = ["connect", "home"]
+
+
+def home(folder: str = "") -> Path:
+    """`folder`, else $EMBER_HOME, else ~/.ember: created owner-only on first use."""
+    path = Path(folder or os.environ.get("EMBER_HOME") or Path.home() / ".ember")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def connect(path: Path | str, migrations: list[tuple[str, str]]) -> sqlite3.Connection:
+    """Open (or create) a database file and apply the migrations it has not seen yet."""
+    if path != ":memory:":
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # owner-only before SQLite
+        os.chmod(path, 0o600)
+    db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")  # the -wal and -shm files take the file's mode
+    db.execute("PRAGMA synchronous=NORMAL")  # a killed process loses no committed row
+    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL)")
+    done = {name for (name,) in db.execute("SELECT name FROM migrations")}
+    for migration, sql in [(name, sql) for name, sql in migrations if name not in done]:
+        db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then skip
+        try:
+            if not db.execute("SELECT 1 FROM migrations WHERE name = ?", (migration,)).fetchone():
+                for statement in sql.split(";"):
+                    db.execute(statement)
+                db.execute("INSERT INTO migrations VALUES (?, julianday('now'))", (migration,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return db
