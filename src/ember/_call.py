@@ -30,22 +30,17 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
             **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
-        messages = list(prompt)
-    else:
-        raise TypeError(
-            f"prompt must be a str or a list of {{'role', 'content'}} dicts, not {prompt!r:.60}"
-        )
-    systems = [m["content"] for m in messages if m["role"] == "system"]
-    system = "\n\n".join([system, *systems] if system else systems) or None
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m
+                                                 for m in messages):
+        raise TypeError(f"prompt must be a str or a list of {{'role', 'content'}} dicts, "
+                        f"not {prompt!r:.60}")
+    system = "\n\n".join(filter(None, [system, *(m["content"] for m in messages
+                                                  if m["role"] == "system")])) or None
     url = providers.base_url(provider, base_url)
-    return Request(
-        provider, name, [m for m in messages if m["role"] != "system"], params, system, url,
-        providers.key(provider, api_key, url), timeout, retries, stream,
-        _cache.store_for(cache), texts,
-    )
+    return Request(provider, name, [m for m in messages if m["role"] != "system"], params, system,
+                   url, providers.key(provider, api_key, url), timeout, retries, stream,
+                   _cache.store_for(cache), texts)
 
 
 async def send(req: Request) -> Response:
@@ -96,16 +91,19 @@ class Stream:
         usage, last = Usage(), {}
         with _spend.spending(req, body) as call:
             start = time.perf_counter()
-            async for last in provider.events(call, url, headers, body):
-                text, seen = provider.decode_event(last)
-                if seen:  # providers report usage in pieces: keep the latest of each count
-                    usage = Usage(seen.input_tokens or usage.input_tokens,
-                                  seen.output_tokens or usage.output_tokens)
-                if text:
-                    parts.append(text)
-                    yield text
-            call.response = _response(req, "".join(parts), usage, start, last)
-            self.response = call.response
+            try:
+                async for last in provider.events(call, url, headers, body):
+                    text, seen = provider.decode_event(last)
+                    if seen:  # providers report usage in pieces: keep the latest of each count
+                        usage = Usage(seen.input_tokens or usage.input_tokens,
+                                      seen.output_tokens or usage.output_tokens)
+                    if text:
+                        parts.append(text)
+                        yield text
+            finally:  # also when the reader stops early: the provider bills it all the same
+                self.response = call.response = _response(req, "".join(parts), usage, start, last)
+                if not usage.output_tokens and call.hold:  # usage unknown: the worst case
+                    self.response.cost = call.hold[1]
 
     def __iter__(self) -> Iterator[str]:
         return iterate(self.__aiter__())

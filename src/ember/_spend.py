@@ -35,11 +35,13 @@ class _Scope:
     _var: ContextVar[tuple[Any, ...]]
 
     def __enter__(self) -> Any:
-        self._token = self._var.set((*self._var.get(), self))
+        self._var.set((*self._var.get(), self))
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._var.reset(self._token)
+    def __exit__(self, *exc: object) -> None:  # one object may be active in several tasks
+        active = list(self._var.get())
+        del active[len(active) - 1 - active[::-1].index(self)]
+        self._var.set(tuple(active))
 
     async def __aenter__(self) -> Any:
         return self.__enter__()
@@ -49,7 +51,9 @@ class _Scope:
 
 
 class Tracker(_Scope):
-    """Usage of the calls made while it is active: see `track()`."""
+    """`with track() as t:` (or `async with`): the usage of the calls made inside, in this
+    task and the tasks it starts: t.calls, t.input_tokens, t.output_tokens, t.cost, t.cached,
+    t.saved, t.retries, t.errors, t.percentile(95), t.by_model. `tag` labels the log rows."""
 
     _var = _trackers
 
@@ -92,7 +96,8 @@ class Tracker(_Scope):
 
 
 class Budget(_Scope):
-    """A hard cap on spend (USD) and/or tokens: see `budget()`."""
+    """`with budget(usd=2.00, tokens=None):` a hard cap on the calls made inside: each is
+    refused, unsent, with BudgetExceeded when its worst case could cross the cap."""
 
     _var = _budgets
 
@@ -119,17 +124,8 @@ class Budget(_Scope):
                 f"tokens_used={self.tokens_used})")
 
 
-def track(tag: str | None = None) -> Tracker:
-    """`with track() as t:` (or `async with`): t.calls, t.cost, t.input_tokens, t.by_model...
-    of the calls made inside. `tag` labels them in the usage log."""
-    return Tracker(tag)
-
-
-def budget(usd: float | None = None, tokens: int | None = None) -> Budget:
-    """`with budget(usd=2.00):` refuses, unsent, any call that could cross the cap."""
-    return Budget(usd, tokens)
-
-
+track = Tracker  # `with track() as t:` (or `async with`); `track(tag="x")` labels the log
+budget = Budget  # `with budget(usd=2.00):` refuses, unsent, any call that could cross it
 _process = Tracker()
 
 
@@ -138,24 +134,23 @@ def usage() -> Tracker:
     return _process
 
 
-def _max_out(req: Request, body: dict[str, Any]) -> int:
-    if req.texts is not None:
-        return 0
+def _max_out(req: Request, body: dict[str, Any]) -> int | None:
+    """The most tokens the call may write: its max_tokens, in the provider's words."""
     config = body.get("generationConfig", {})
-    for found in (body.get("max_tokens"), body.get("max_completion_tokens"),
-                  config.get("maxOutputTokens")):
-        if found is not None:
-            return int(found)
-    raise ConfigError("under a budget, pass max_tokens=... so that ember can bound the call")
+    found = [body.get("max_tokens"), body.get("max_completion_tokens"),
+             config.get("maxOutputTokens"), 0 if req.texts is not None else None]
+    return next((int(n) for n in found if n is not None), None)
 
 
 def _reserve(req: Request, body: dict[str, Any]) -> Any:
     budgets = _budgets.get()
     if not budgets:
         return None
-    tokens_in = len(json.dumps(body).encode())  # a token is at least one byte
-    tokens = tokens_in + _max_out(req, body)
-    usd = cost(req.provider, req.model, Usage(tokens_in, tokens - tokens_in))
+    tokens_in, tokens_out = len(json.dumps(body).encode()), _max_out(req, body)  # a token
+    usd = cost(req.provider, req.model, Usage(tokens_in, tokens_out or 0))  # is >= 1 byte
+    if tokens_out is None and (usd != 0.0 or any(cap.tokens is not None for cap in budgets)):
+        raise ConfigError("under a budget, pass max_tokens=... so that ember can bound the call")
+    tokens = tokens_in + (tokens_out or 0)
     with _lock:
         for cap in budgets:
             cap._admit(f"{req.provider}/{req.model}", usd, tokens)
@@ -171,6 +166,9 @@ def spending(req: Request, body: dict[str, Any]) -> Iterator[Call]:
     call = Call(req, hold=_reserve(req, body))
     try:
         yield call
+    except GeneratorExit:  # a stream whose reader stopped early: not an error
+        record(call)
+        raise
     except BaseException as error:
         record(call, error)
         raise
@@ -192,7 +190,6 @@ def record(call: Call, error: BaseException | None = None) -> None:
         active = _trackers.get()
         for tracker in (_process, *active):
             tracker._add(call, error)
-            if tracker is not _process:
-                key = f"{call.request.provider}/{call.request.model}"
-                tracker.by_model.setdefault(key, Tracker())._add(call, error)
+            key = f"{call.request.provider}/{call.request.model}"
+            tracker.by_model.setdefault(key, Tracker())._add(call, error)
     _log.write(call, error, next((t.tag for t in reversed(active) if t.tag), None))

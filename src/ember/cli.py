@@ -92,7 +92,7 @@ def usage(since: str, as_json: bool) -> int:
     with connect(home() / LOG, MIGRATIONS) as db:  # cached calls used no tokens
         tables = {name: db.execute(
             f"SELECT {group}, count(*), sum(cached), sum(input_tokens * (1 - cached)), "
-            "sum(output_tokens * (1 - cached)), round(sum(cost), 6), count(error) FROM calls "
+            "sum(output_tokens * (1 - cached)), sum(cost), count(error) FROM calls "
             "WHERE time >= ? GROUP BY 1 ORDER BY 1", (cutoff,)).fetchall()
             for name, group in groups.items()}
     if as_json:
@@ -107,7 +107,8 @@ def known(provider: str | None) -> int:
     """The models the price data knows, with USD per million tokens."""
     from genai_prices import data_snapshot
 
-    rows: list[list[Any]] = [["local/smollm2-135m-instruct", 0, 0]]
+    rows: list[list[Any]] = [["local/smollm2-135m-instruct", 0, 0]] if provider in (
+        None, "local") else []
     for entry in data_snapshot.get_snapshot().providers:
         for m in entry.models if entry.id in ("openai", "anthropic", "google") else []:
             rates = [getattr(m.prices, name, None) for name in ("input_mtok", "output_mtok")]
