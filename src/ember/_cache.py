@@ -125,25 +125,23 @@ def _save(store: Any, key: str, value: Any, ttl: float | None) -> None:
 
 async def _shared(store: Any, key: str, ttl: float | None,
                   produce: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-    """(value, True) from the store or from an identical call under way; else produce it."""
+    """(value, True) from the store or from an identical call under way; else produce it.
+    The upstream call runs in a task of its own, so one caller's cancellation is its own."""
     found = _lookup(store, key)
     if found is not _MISS:
         return found, True
     slot = (asyncio.get_running_loop(), key)
-    if slot in _inflight:
-        return await asyncio.shield(_inflight[slot]), True
-    _inflight[slot] = future = asyncio.get_running_loop().create_future()
-    try:
-        value = await produce()
-    except BaseException as error:
-        future.set_exception(error)
-        future.exception()  # retrieved: only the callers waiting on it should see it
-        raise
-    finally:
-        del _inflight[slot]
-    _save(store, key, value, ttl)
-    future.set_result(value)
-    return value, False
+    task, joined = _inflight.get(slot), slot in _inflight
+    if task is None:
+        task = _inflight[slot] = asyncio.ensure_future(produce())
+        task.add_done_callback(lambda done: _settle(store, key, ttl, slot, done))
+    return await asyncio.shield(task), joined
+
+
+def _settle(store: Any, key: str, ttl: float | None, slot: Any, done: asyncio.Future[Any]) -> None:
+    del _inflight[slot]
+    if not done.cancelled() and done.exception() is None:  # errors are shared, never stored
+        _save(store, key, done.result(), ttl)
 
 
 async def through(req: Request, send: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -163,7 +161,22 @@ async def through(req: Request, send: Callable[[Request], Awaitable[Response]]) 
                                latency=time.perf_counter() - start)
 
 
+def _plain(value: Any) -> Any:
+    """`value` as JSON that keeps types apart (a tuple is not a list, {1: x} is not {"1": x},
+    dicts in any order are equal); a TypeError for anything that is not plain data."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__, *map(_plain, value)]
+    if isinstance(value, dict):
+        pairs = ([_plain(name), _plain(item)] for name, item in value.items())
+        return ["dict", *sorted(pairs, key=json.dumps)]
+    raise TypeError(type(value).__name__)
+
+
 def _key(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The function's qualified name and its arguments in canonical JSON. (Two functions
+    with one qualified name, made by one factory, share entries: name them apart.)"""
     try:
         bound = inspect.signature(fn).bind(*args, **kwargs)
     except TypeError:
@@ -173,12 +186,11 @@ def _key(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) 
     parts = []
     for name, value in bound.arguments.items():
         try:
-            parts.append(json.dumps(value, sort_keys=True))
-        except (TypeError, ValueError):
+            parts.append(json.dumps(_plain(value)))
+        except (TypeError, ValueError) as kind:
             raise TypeError(
-                f"@cache cannot key argument {name!r} of {fn.__qualname__}(): a "
-                f"{type(value).__name__} is not plain data (str, number, bool, None, list, "
-                "dict); pass plain values, or leave this function uncached") from None
+                f"@cache cannot key argument {name!r} of {fn.__qualname__}(): a {kind} is not "
+                "plain data (str, number, bool, None, list, tuple, dict)") from None
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
     return f"fn:{fn.__module__}.{fn.__qualname__}:{digest}"
 

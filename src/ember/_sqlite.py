@@ -3,8 +3,10 @@ processes at once), and a schema that changes only by append-only named migratio
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 __all__ = ["connect", "home"]
@@ -23,7 +25,11 @@ def connect(path: Path | str, migrations: list[tuple[str, str]]) -> sqlite3.Conn
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # owner-only before SQLite
         os.chmod(path, 0o600)
     db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")  # the -wal and -shm files take the file's mode
+    for _ in range(100 if path != ":memory:" else 0):  # the -wal and -shm files take its mode
+        with contextlib.suppress(sqlite3.OperationalError):  # locked: being created elsewhere,
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":  # and SQLite
+                break  # does not wait here by itself
+        time.sleep(0.05)
     db.execute("PRAGMA synchronous=NORMAL")  # a killed process loses no committed row
     db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL)")
     done = {name for (name,) in db.execute("SELECT name FROM migrations")}
