@@ -1,4 +1,4 @@
-"""The call: `models(model, prompt)`, its async twin, bound instances, streams, embeddings.
+"""The call: `models(model, prompt)`, its async twin, bound instances and streams.
 
 A request flows one way: request() checks it; send() asks the cache (only when asked),
 then reserves budget, sends it through the provider module and the paced transport,
@@ -15,7 +15,6 @@ from . import _cache, _spend, providers
 from ._loop import iterate, run
 from ._prices import cost
 from ._types import Call, Request, Response, Usage
-from .errors import ConfigError
 
 __all__ = ["Model", "Stream", "models"]
 
@@ -26,8 +25,7 @@ Prompt = str | list[dict[str, Any]]
 
 def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: str | None = None,
             base_url: str | None = None, timeout: float = TIMEOUT, retries: int = RETRIES,
-            stream: bool = False, cache: Any = None, texts: list[str] | None = None,
-            **params: Any) -> Request:
+            stream: bool = False, cache: Any = None, **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -40,7 +38,7 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
     url = providers.base_url(provider, base_url)
     return Request(provider, name, [m for m in messages if m["role"] != "system"], params, system,
                    url, providers.key(provider, api_key, url), timeout, retries, stream,
-                   _cache.store_for(cache), texts)
+                   _cache.store_for(cache))
 
 
 async def send(req: Request) -> Response:
@@ -59,21 +57,14 @@ async def _fresh(req: Request) -> Response:
     with _spend.spending(req, body) as call:
         start = time.perf_counter()
         data = await provider.post(call, url, headers, body)
-        if req.texts is None:
-            (text, usage), vectors = provider.decode(data), None
-        else:
-            text, (vectors, usage) = "", provider.decode_embed(data)
-        call.response = _response(req, text, usage, start, data, vectors)
+        text, usage = provider.decode(data)
+        call.response = _response(req, text, usage, start, data)
     return call.response
 
 
-def _response(req: Request, text: str, usage: Usage | None, start: float, raw: dict[str, Any],
-              vectors: list[list[float]] | None = None) -> Response:
-    """The Response, priced; a provider that reports no usage gets cost None, never 0."""
-    price = None if usage is None else cost(req.provider, req.model, usage)
-    latency = time.perf_counter() - start
-    return Response(text, req.model, req.provider, usage or Usage(), price, latency, raw, False,
-                    vectors)
+def _response(req: Request, text: str, usage: Usage, start: float, raw: dict[str, Any]) -> Response:
+    price = cost(req.provider, req.model, usage)
+    return Response(text, req.model, req.provider, usage, price, time.perf_counter() - start, raw)
 
 
 class Stream:
@@ -154,18 +145,6 @@ class Models:
         return Stream(request(model, prompt, stream=True, **params))
 
     astream = stream
-
-    def embed(self, model: str, texts: list[str], **params: Any) -> Response:
-        """Embed `texts` in one call: `.vectors` in order, with usage and cost."""
-        return run(self.aembed(model, texts, **params))
-
-    async def aembed(self, model: str, texts: list[str], **params: Any) -> Response:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be a list of strings: embed(model, ['a', 'b'])")
-        req = request(model, [], texts=list(texts), **params)
-        if not hasattr(providers.module(req.provider), "decode_embed"):
-            raise ConfigError(f"{req.provider} has no embeddings API here; use openai or google")
-        return await send(req)
 
     def instance(self, model: str, **defaults: Any) -> Model:
         return Model(model, **defaults)

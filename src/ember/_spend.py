@@ -134,11 +134,11 @@ def usage() -> Tracker:
     return _process
 
 
-def _max_out(req: Request, body: dict[str, Any]) -> int | None:
+def _max_out(body: dict[str, Any]) -> int | None:
     """The most tokens the call may write: its max_tokens, in the provider's words."""
     config = body.get("generationConfig", {})
     found = [body.get("max_tokens"), body.get("max_completion_tokens"),
-             config.get("maxOutputTokens"), 0 if req.texts is not None else None]
+             config.get("maxOutputTokens")]
     return next((int(n) for n in found if n is not None), None)
 
 
@@ -146,7 +146,7 @@ def _reserve(req: Request, body: dict[str, Any]) -> Any:
     budgets = _budgets.get()
     if not budgets:
         return None
-    tokens_in, tokens_out = len(json.dumps(body).encode()), _max_out(req, body)  # a token
+    tokens_in, tokens_out = len(json.dumps(body).encode()), _max_out(body)  # a token
     usd = cost(req.provider, req.model, Usage(tokens_in, tokens_out or 0))  # is >= 1 byte
     if tokens_out is None and (usd != 0.0 or any(cap.tokens is not None for cap in budgets)):
         raise ConfigError("under a budget, pass max_tokens=... so that ember can bound the call")

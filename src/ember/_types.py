@@ -18,8 +18,7 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One call as ember will send it; providers turn it into their wire format.
-    `texts` is set for an embedding call, `messages` for a chat."""
+    """One call as ember will send it; providers turn it into their wire format."""
 
     provider: str
     model: str
@@ -32,13 +31,12 @@ class Request:
     retries: int = 3
     stream: bool = False
     cache: Any = None  # None, or the store that may answer this call
-    texts: list[str] | None = None
 
 
 @dataclass(slots=True)
 class Response:
-    """What a call returns: `text` (or `vectors` for embeddings), usage, and `cost` in USD,
-    None when the model's price is unknown. A cache hit has cached=True and cost 0."""
+    """What a call returns: `text`, usage, and `cost` in USD, None when the model's price
+    is unknown. A cache hit has cached=True and cost 0."""
 
     text: str
     model: str
@@ -48,17 +46,15 @@ class Response:
     latency: float
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     cached: bool = False
-    vectors: list[list[float]] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         return self.text
 
     def __repr__(self) -> str:
         short = self.text if len(self.text) <= 60 else self.text[:57] + "..."
-        shown = f"{len(self.vectors)} vectors" if self.vectors is not None else repr(short)
         cost = "unknown" if self.cost is None else f"${self.cost:.6f}"
         return (
-            f"Response({shown}, model='{self.provider}/{self.model}', "
+            f"Response({short!r}, model='{self.provider}/{self.model}', "
             f"tokens={self.usage.input_tokens}+{self.usage.output_tokens}, cost={cost}, "
             f"latency={self.latency:.3f}s{', cached' if self.cached else ''})"
         )
