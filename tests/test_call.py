@@ -20,8 +20,8 @@ from ember.errors import ConfigError, EmberError, MissingKey, UnknownModel
 
 def test_exported_names_are_pinned():
     assert sorted(ember.__all__) == [
-        "Budget", "MemoryStore", "Model", "Response", "SQLiteStore", "Stream", "Tracker", "Usage",
-        "budget", "cache", "errors", "models", "track", "usage"]
+        "Budget", "Model", "Response", "Stream", "Tracker", "Usage", "budget", "errors", "models",
+        "track", "usage"]
     assert sorted(ember.errors.__all__) == [
         "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "ProviderError",
         "ProviderTimeout", "RateLimited", "UnknownModel"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -22,7 +23,8 @@ import pytest
 from conftest import KEYS
 from fakes import AnthropicServer, Fault, GeminiServer, OpenAIServer
 
-from ember import Response, _log, budget, models, track, usage
+from ember import Response, _log, _spend, budget, models, track, usage
+from ember._types import Call, Request
 from ember.errors import BudgetExceeded, ConfigError, EmberError, ProviderError
 
 GPT = "openai/gpt-4o-mini"  # $0.15 in, $0.60 out per million tokens
@@ -226,11 +228,18 @@ def test_a_tracker_breaks_down_by_model_with_latency_percentiles(
     assert t.by_model["anthropic/claude-haiku-4-5"].percentile(50) >= 0.3
 
 
+def record_hit(first: Response) -> Response:
+    """What a cache does on a hit: record the stored answer, which cost nothing this time."""
+    hit = dataclasses.replace(first, cached=True, cost=0.0)
+    _spend.record(Call(Request(first.provider, first.model, [], {}), response=hit))
+    return hit
+
+
 def test_a_cache_hit_is_counted_as_saved_not_spent(openai_srv: OpenAIServer):
     openai_srv.usage = (1000, 500)
     with budget(usd=1.0) as cap, track() as t:
-        first = models(GPT, "Hi", max_tokens=600, cache=True)
-        again = models(GPT, "Hi", max_tokens=600, cache=True)
+        first = models(GPT, "Hi", max_tokens=600)
+        again = record_hit(first)
     assert again.cached and again.cost == 0 and len(openai_srv.requests) == 1
     assert (t.calls, t.cached) == (2, 1) and first.cost == pytest.approx(0.00045)
     assert (t.input_tokens, t.output_tokens) == (1000, 500)  # only the call that was sent
@@ -262,8 +271,7 @@ COLUMNS = "provider, model, tag, input_tokens, output_tokens, cost, cached, retr
 def test_the_log_has_a_row_per_call_success_error_and_cache_hit(openai_srv: OpenAIServer):
     openai_srv.usage = (1000, 500)
     with track(tag="nightly"):
-        models(GPT, "Hi", cache=True)
-        models(GPT, "Hi", cache=True)
+        record_hit(models(GPT, "Hi"))
         openai_srv.fail(500, 500)
         with pytest.raises(ProviderError):
             models(GPT, "Boom", retries=1)
@@ -362,8 +370,7 @@ def test_an_unwritable_log_warns_once_and_calls_still_succeed(
 def test_ember_usage_reports_by_model_tag_and_day(openai_srv: OpenAIServer):
     openai_srv.usage = (1000, 500)
     with track(tag="batch"):
-        models(GPT, "Hi", cache=True)
-        models(GPT, "Hi", cache=True)
+        record_hit(models(GPT, "Hi"))
     openai_srv.fail(404)
     with pytest.raises(ProviderError):
         models(GPT, "Oops")

@@ -1,8 +1,7 @@
 """The call: `models(model, prompt)`, its async twin, bound instances and streams.
 
-A request flows one way: request() checks it; send() asks the cache (only when asked),
-then reserves budget, sends it through the provider module and the paced transport,
-decodes the answer and records what it cost.
+A request flows one way: request() checks it; send() reserves budget, sends it through
+the provider module and the transport, decodes the answer and records what it cost.
 """
 
 from __future__ import annotations
@@ -11,10 +10,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from . import _cache, _spend, providers
+from . import _spend, providers
 from ._loop import iterate, run
 from ._prices import cost
-from ._types import Call, Request, Response, Usage
+from ._types import Request, Response, Usage
 
 __all__ = ["Model", "Stream", "models"]
 
@@ -25,7 +24,7 @@ Prompt = str | list[dict[str, Any]]
 
 def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: str | None = None,
             base_url: str | None = None, timeout: float = TIMEOUT, retries: int = RETRIES,
-            stream: bool = False, cache: Any = None, **params: Any) -> Request:
+            stream: bool = False, **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -37,21 +36,11 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
                                                   if m["role"] == "system")])) or None
     url = providers.base_url(provider, base_url)
     return Request(provider, name, [m for m in messages if m["role"] != "system"], params, system,
-                   url, providers.key(provider, api_key, url), timeout, retries, stream,
-                   _cache.store_for(cache))
+                   url, providers.key(provider, api_key, url), timeout, retries, stream)
 
 
 async def send(req: Request) -> Response:
-    """One call, with the cache in front when the caller asked for it."""
-    if req.cache is None:
-        return await _fresh(req)
-    response = await _cache.through(req, _fresh)
-    if response.cached:
-        _spend.record(Call(req, response=response))
-    return response
-
-
-async def _fresh(req: Request) -> Response:
+    """Send one Request through its provider; reserve, settle and record what it cost."""
     provider = providers.module(req.provider)
     url, headers, body = provider.encode(req)
     with _spend.spending(req, body) as call:
@@ -131,8 +120,8 @@ class Models:
     `model` is 'provider/model' or a well-known bare name (gpt-*, o1/o3/o4*, chatgpt-*,
     claude-*, gemini-*); `prompt` a string or a list of {'role', 'content'} messages.
     Common params: system, temperature, max_tokens, stop. ember's own: api_key, base_url,
-    timeout (seconds of silence per attempt, default 30), retries (default 3), cache
-    (True or a store; off by default). Every other parameter goes to the provider as is.
+    timeout (seconds of silence per attempt, default 30) and retries (default 3). Every
+    other parameter goes to the provider as it is.
     """
 
     def __call__(self, model: str, prompt: Prompt, **params: Any) -> Response:

@@ -30,13 +30,12 @@ class Request:
     timeout: float = 30.0
     retries: int = 3
     stream: bool = False
-    cache: Any = None  # None, or the store that may answer this call
 
 
 @dataclass(slots=True)
 class Response:
     """What a call returns: `text`, usage, and `cost` in USD, None when the model's price
-    is unknown. A cache hit has cached=True and cost 0."""
+    is unknown. (`cached` marks an answer that cost nothing because it was stored.)"""
 
     text: str
     model: str

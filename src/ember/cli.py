@@ -1,5 +1,5 @@
 """The `ember` command: `ember "prompt" -m MODEL`, `ember demo`, `ember usage`,
-`ember models`, `ember cache stats|clear`."""
+`ember models`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
-from ._cache import SQLiteStore
 from ._call import models
 from ._log import LOG, MIGRATIONS
 from ._spend import Tracker, track
@@ -50,14 +49,13 @@ def demo() -> int:
     with track(tag="demo") as t:
         for item in items:
             answer = models(DEMO_MODEL, prompt.format(text=item["text"]), raw=True, max_tokens=2,
-                            temperature=0, stop=["\n"], cache=True)
+                            temperature=0, stop=["\n"])
             guess = _label(answer.text)
             right += guess == item["label"]
             mark = "ok " if guess == item["label"] else "MISS"
             print(f"{mark} {guess:8} (want {item['label']:8}) {item['text']}")
     print(f"\naccuracy {right}/{len(items)} = {right / len(items):.0%}   "
-          f"wall {time.perf_counter() - start:.2f}s\ncache: {t.cached} of {t.calls} answers "
-          f"came from the cache (saved ${t.saved:.6f}); `ember cache clear` to start afresh\n")
+          f"wall {time.perf_counter() - start:.2f}s\n")
     print(_costs(t))
     return 0
 
@@ -118,27 +116,17 @@ def known(provider: str | None) -> int:
     return 0
 
 
-def cache(action: str | None) -> int:
-    store = SQLiteStore()
-    if action == "clear":
-        print(f"removed {store.clear()} entries")
-    else:
-        print("{entries} entries, {bytes} bytes in {path}".format(**store.stats()))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ember", description='ember "prompt" -m MODEL, or '
-                                     "ember demo | usage | models | cache stats|clear")
+                                     "ember demo | usage | models")
     parser.add_argument("prompt", help="the prompt, or a command")
-    parser.add_argument("action", nargs="?", choices=["stats", "clear"], help="for cache")
     parser.add_argument("-m", "--model", default=DEMO_MODEL, help=f"default {DEMO_MODEL}")
     parser.add_argument("--since", default="36500d", help="usage: e.g. 7d or 12h")
     parser.add_argument("--json", action="store_true", help="usage: as JSON")
     parser.add_argument("--provider", help="models: only this provider's")
     o = parser.parse_args(sys.argv[1:] if argv is None else argv)
     commands: dict[str, Callable[[], int]] = {"demo": demo, "usage": lambda: usage(o.since, o.json),
-                "models": lambda: known(o.provider), "cache": lambda: cache(o.action)}
+                "models": lambda: known(o.provider)}
     try:
         return commands.get(o.prompt, lambda: ask(o.prompt, o.model))()
     except (EmberError, sqlite3.Error) as error:
