@@ -146,8 +146,9 @@ def _reserve(req: Request, body: dict[str, Any]) -> Any:
     budgets = _budgets.get()
     if not budgets:
         return None
-    tokens_in, tokens_out = len(json.dumps(body).encode()), _max_out(body)  # a token
-    usd = cost(req.provider, req.model, Usage(tokens_in, tokens_out or 0))  # is >= 1 byte
+    # the request's size in bytes bounds its input tokens: a token is at least one byte
+    tokens_in, tokens_out = len(json.dumps(body).encode()), _max_out(body)
+    usd = cost(req.provider, req.model, Usage(tokens_in, tokens_out or 0))
     if tokens_out is None and (usd != 0.0 or any(cap.tokens is not None for cap in budgets)):
         raise ConfigError("under a budget, pass max_tokens=... so that ember can bound the call")
     tokens = tokens_in + (tokens_out or 0)
