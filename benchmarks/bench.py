@@ -6,19 +6,24 @@
 
 Measures, in one run (see BENCHMARKS.md):
  1. sequential calls at 0 ms server latency: median and mean wall time per call, calls/s and
-    client CPU per call, for ember (async and its sync twin), bare aiohttp and AsyncOpenAI;
+    client CPU per call, for bare aiohttp, AsyncOpenAI, ember's sync twin and ember's
+    `acall` in four settings: usage log off (EMBER_LOG=0), log on (the default), log on
+    inside `with track():`, and log on inside `with budget(usd=1000), track():`;
  2. N calls at C concurrent (C worker tasks) with 50 ms server latency: wall time, calls/s,
-    ratio to the ideal wall time N/C*latency, client CPU per call;
+    ratio to the ideal wall time N/C*latency, client CPU per call (ember with its log on);
  3. import time of ember, openai and aiohttp in fresh interpreters.
 
-The fake server (benchmarks/fake_openai.py) runs in a separate process on 127.0.0.1 and
-stops by itself when this script exits.
+Every client sends max_tokens=16 (a budget needs it). ember's usage log goes to a temporary
+EMBER_HOME that this script creates and removes: it never writes to ~/.ember. The fake
+server (benchmarks/fake_openai.py) runs in a separate process on 127.0.0.1 and stops by
+itself when this script exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import io
@@ -26,11 +31,15 @@ import json
 import os
 import platform
 import pstats
+import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -39,6 +48,7 @@ MODEL = "gpt-4o-mini"
 PROMPT = "Say hello in one short sentence."
 KEY = "sk-bench-0000000000000000"
 EXPECTED = "Hello! How can I help you today?"
+MAX_TOKENS = 16  # sent by every client: a call under a budget needs it
 
 Call = Callable[[], Awaitable[str]]
 
@@ -97,7 +107,8 @@ async def make_ember(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]
     from ember import models
 
     async def call() -> str:
-        return (await models.acall(MODEL, PROMPT, base_url=base_url, api_key=KEY)).text
+        return (await models.acall(MODEL, PROMPT, base_url=base_url, api_key=KEY,
+                                   max_tokens=MAX_TOKENS)).text
 
     async def close() -> None:  # ember closes its session when the loop shuts down
         return None
@@ -114,7 +125,7 @@ async def make_bare(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]
     headers = {"Authorization": f"Bearer {KEY}"}
 
     async def call() -> str:
-        body = {"model": MODEL, "messages": messages()}
+        body = {"model": MODEL, "messages": messages(), "max_tokens": MAX_TOKENS}
         async with session.post(url, json=body, headers=headers) as resp:
             data = json.loads(await resp.read())
         return data["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
@@ -128,7 +139,8 @@ async def make_openai(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]
     client = AsyncOpenAI(base_url=base_url, api_key=KEY)  # max_retries left at its default
 
     async def call() -> str:
-        resp = await client.chat.completions.create(model=MODEL, messages=messages())
+        resp = await client.chat.completions.create(model=MODEL, messages=messages(),
+                                                    max_tokens=MAX_TOKENS)
         return resp.choices[0].message.content or ""
 
     return call, client.close
@@ -138,12 +150,92 @@ def make_ember_sync(base_url: str) -> Callable[[], str]:
     from ember import models
 
     def call() -> str:
-        return models(MODEL, PROMPT, base_url=base_url, api_key=KEY).text
+        return models(MODEL, PROMPT, base_url=base_url, api_key=KEY, max_tokens=MAX_TOKENS).text
 
     return call
 
 
 ASYNC_CLIENTS = {"ember": make_ember, "bare aiohttp": make_bare, "openai SDK": make_openai}
+
+
+# --------------------------------------------------------------------------- ember's settings
+
+@dataclass
+class Setting:
+    """How ember runs one variant: its usage log on or off (EMBER_LOG, read at every call),
+    the log's own folder (EMBER_HOME), and the track() / budget() scopes around the calls.
+    One Tracker and one Budget serve all rounds of the variant, so they can be checked."""
+
+    home: Path
+    log: bool = True
+    track: bool = False
+    budget: bool = False
+    calls: int = 0  # calls made in this setting, counted by the harness
+    flush_s: list[float] = field(default_factory=list)  # waits for the log's backlog
+
+    def __post_init__(self) -> None:
+        from ember import Budget, Tracker
+        self.tracker = Tracker() if self.track else None
+        self.cap = Budget(usd=1000) if self.budget else None
+
+    @contextlib.contextmanager
+    def active(self, calls: int) -> Iterator[None]:
+        """Run `calls` calls in this setting; at the end, wait until their rows are written
+        so that the writer's backlog does not spill into the next variant's timing."""
+        from ember import _log
+        saved = {k: os.environ.get(k) for k in ("EMBER_LOG", "EMBER_HOME")}
+        if self.log:
+            os.environ.pop("EMBER_LOG", None)  # the default: on
+        else:
+            os.environ["EMBER_LOG"] = "0"
+        os.environ["EMBER_HOME"] = str(self.home)
+        try:
+            with contextlib.ExitStack() as scopes:
+                if self.cap:
+                    scopes.enter_context(self.cap)
+                if self.tracker:
+                    scopes.enter_context(self.tracker)
+                yield
+            self.calls += calls
+            t0 = time.perf_counter()
+            _log.flush()
+            self.flush_s.append(time.perf_counter() - t0)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def rows(self) -> int:
+        """Rows in this setting's usage log (0 when it was never created)."""
+        path = self.home / "usage.sqlite"
+        if not path.exists():
+            return 0
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
+
+    def check(self, name: str) -> dict[str, object]:
+        """The log holds one row per call made with it on; the scopes saw every call."""
+        rows, want = self.rows(), self.calls if self.log else 0
+        assert rows == want, f"{name}: usage log has {rows} rows, expected {want}"
+        out: dict[str, object] = {"calls": self.calls, "log_rows": rows,
+                                  "flush_ms_max": max(self.flush_s, default=0) * 1000}
+        if self.tracker:
+            assert self.tracker.calls == self.calls, (name, self.tracker)
+            out["tracker_calls"] = self.tracker.calls
+        if self.cap:
+            assert self.cap.reserved == 0 and self.cap.spent > 0, (name, self.cap)
+            out["budget_spent_usd"] = self.cap.spent
+        return out
+
+
+EMBER_VARIANTS = {  # case 1: ember's acall in each setting (folder name, settings)
+    "ember, log off": ("nolog", {"log": False}),
+    "ember, log on (default)": ("log", {}),
+    "ember, log + track()": ("track", {"track": True}),
+    "ember, log + budget() + track()": ("budget", {"track": True, "budget": True}),
+}
 
 
 # --------------------------------------------------------------------------- measurements
@@ -164,8 +256,10 @@ def seq_round_sync(call: Callable[[], str], n: int, times: list[int]) -> None:
         times.append(clock() - t0)
 
 
-async def concurrent(call: Call, n: int, workers: int) -> tuple[float, float]:
-    """n calls by `workers` worker tasks; (wall seconds, client CPU seconds)."""
+async def concurrent(call: Call, n: int, workers: int,
+                     after: Callable[[], object] = lambda: None) -> tuple[float, float]:
+    """n calls by `workers` worker tasks; (wall seconds, client CPU seconds). `after` runs
+    once the calls are done: outside the wall time, inside the CPU time."""
     left = n
 
     async def worker() -> None:
@@ -176,22 +270,45 @@ async def concurrent(call: Call, n: int, workers: int) -> tuple[float, float]:
 
     cpu0, t0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(workers)))
-    return time.perf_counter() - t0, time.process_time() - cpu0
+    wall = time.perf_counter() - t0
+    after()
+    return wall, time.process_time() - cpu0
 
 
-def sequential(server: FakeServer, n: int, warmup: int, rounds: int) -> dict[str, dict]:
-    """Every client in interleaved rounds of n/rounds calls, so drift hits all alike."""
+def sequential(server: FakeServer, n: int, warmup: int, rounds: int,
+               home: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Every client in interleaved rounds of n/rounds calls, so drift hits all alike.
+    ember's acall runs once per setting of EMBER_VARIANTS, each with its own log folder.
+    Returns the figures per client, and the checks of each ember setting."""
     url = server.base_url(0.0)
     loop = asyncio.new_event_loop()
-    clients = {name: loop.run_until_complete(make(url)) for name, make in ASYNC_CLIENTS.items()}
+    ember_call, _ = loop.run_until_complete(make_ember(url))
+    settings: dict[str, Setting] = {
+        name: Setting(home / folder, **kw) for name, (folder, kw) in EMBER_VARIANTS.items()}
+    settings["ember sync twin"] = Setting(home / "sync")  # log on, the default
+    clients: dict[str, Call] = dict.fromkeys(EMBER_VARIANTS, ember_call)
+    others = {name: loop.run_until_complete(make(url))
+              for name, make in ASYNC_CLIENTS.items() if name != "ember"}
+    clients |= {name: call for name, (call, _) in others.items()}
     sync_call = make_ember_sync(url)
-    for name, (call, _) in clients.items():
-        answer = loop.run_until_complete(call())
-        assert answer == EXPECTED, (name, answer)
-        loop.run_until_complete(seq_round(call, warmup, []))
-    seq_round_sync(sync_call, warmup, [])
+
+    def run(name: str, count: int, times: list[int]) -> None:
+        scope = settings[name].active(count) if name in settings else contextlib.nullcontext()
+        with scope:
+            if name == "ember sync twin":
+                seq_round_sync(sync_call, count, times)
+            else:
+                loop.run_until_complete(seq_round(clients[name], count, times))
 
     names = [*clients, "ember sync twin"]
+    for name in names:  # check the answer, then warm up
+        answer: list[str] = []
+        with settings[name].active(1) if name in settings else contextlib.nullcontext():
+            answer.append(sync_call() if name == "ember sync twin"
+                          else loop.run_until_complete(clients[name]()))
+        assert answer[0] == EXPECTED, (name, answer)
+        run(name, warmup, [])
+
     times: dict[str, list[int]] = {name: [] for name in names}
     cpu = dict.fromkeys(names, 0.0)
     server_cpu = dict.fromkeys(names, 0.0)
@@ -200,13 +317,10 @@ def sequential(server: FakeServer, n: int, warmup: int, rounds: int) -> dict[str
         order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
         for name in order:
             c0, s0 = time.process_time(), server.cpu()
-            if name == "ember sync twin":
-                seq_round_sync(sync_call, per_round, times[name])
-            else:
-                loop.run_until_complete(seq_round(clients[name][0], per_round, times[name]))
+            run(name, per_round, times[name])  # CPU includes the wait for the log's backlog
             cpu[name] += time.process_time() - c0
             server_cpu[name] += server.cpu() - s0
-    for _, close in clients.values():
+    for _, close in others.values():
         loop.run_until_complete(close())
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
@@ -222,30 +336,48 @@ def sequential(server: FakeServer, n: int, warmup: int, rounds: int) -> dict[str
             "cpu_us": cpu[name] / len(ts) * 1e6,
             "server_cpu_us": server_cpu[name] / len(ts) * 1e6,
         }
-    return out
+    return out, {name: setting.check(name) for name, setting in settings.items()}
 
 
 def concurrency(server: FakeServer, latency_ms: float, n: int, workers: int,
-                reps: int) -> dict[str, dict]:
+                reps: int, home: Path) -> tuple[dict[str, dict], dict[str, object]]:
+    """Each client on a fresh loop; ember with its usage log on (the default), in its own
+    folder. After each repetition ember's log backlog is flushed: outside the wall time,
+    inside the CPU time. Returns the figures per client, and the check of ember's log."""
+    from ember import _log
+
     url = server.base_url(latency_ms)
     ideal = n / workers * latency_ms / 1000
+    setting = Setting(home / "concurrent")
     out = {}
     for name, make in ASYNC_CLIENTS.items():
-        loop = asyncio.new_event_loop()  # a fresh loop and client for each, as a program would
-        call, close = loop.run_until_complete(make(url))
-        loop.run_until_complete(concurrent(call, workers, workers))  # warm-up: open the pool
-        s0 = server.cpu()
-        runs = [loop.run_until_complete(concurrent(call, n, workers)) for _ in range(reps)]
-        server_cpu = (server.cpu() - s0) / (n * reps)
-        loop.run_until_complete(close())
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        scope = setting.active(workers + n * reps) if name == "ember" else contextlib.nullcontext()
+        with scope:
+            loop = asyncio.new_event_loop()  # a fresh loop and client, as a program would
+            call, close = loop.run_until_complete(make(url))
+            loop.run_until_complete(concurrent(call, workers, workers))  # warm-up: the pool
+            _log.flush()
+            s0 = server.cpu()
+            flushes: list[float] = []
+
+            def flush() -> None:
+                t0 = time.perf_counter()
+                _log.flush()
+                flushes.append(time.perf_counter() - t0)
+
+            runs = [loop.run_until_complete(concurrent(call, n, workers, flush))
+                    for _ in range(reps)]
+            server_cpu = (server.cpu() - s0) / (n * reps)
+            loop.run_until_complete(close())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
         wall = statistics.median(w for w, _ in runs)
         cpu = statistics.median(c for _, c in runs)
         out[name] = {"wall_s": wall, "best_s": min(w for w, _ in runs), "calls_s": n / wall,
                      "vs_ideal": wall / ideal, "cpu_us": cpu / n * 1e6,
-                     "server_cpu_us": server_cpu * 1e6}
-    return out
+                     "server_cpu_us": server_cpu * 1e6,
+                     "flush_ms": statistics.median(flushes) * 1000}
+    return out, setting.check("ember, case 2")
 
 
 def import_times(runs: int) -> dict[str, dict]:

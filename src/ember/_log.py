@@ -18,7 +18,6 @@ import time
 import warnings
 from typing import Any
 
-from ._sqlite import connect, home
 from ._types import Call
 
 __all__ = ["LOG", "MIGRATIONS", "flush", "write"]
@@ -57,6 +56,8 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
 
 def _write() -> None:
     """Wait for rows; write all that are waiting, one transaction per home folder."""
+    from ._sqlite import connect, home  # sqlite3 on first use
+
     warned = False
     while True:
         items = [_rows.get()]

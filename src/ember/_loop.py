@@ -7,11 +7,13 @@ the caller's thread already runs a loop (Jupyter, an async web handler).
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["iterate", "run"]
 
@@ -21,6 +23,8 @@ _lock = threading.Lock()
 
 
 def _background() -> asyncio.AbstractEventLoop:
+    import asyncio  # on first use: `import ember` stays light
+
     global _loop
     with _lock:
         if _loop is None:
@@ -33,11 +37,15 @@ def _background() -> asyncio.AbstractEventLoop:
 
 def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
     """At exit, let open connection pools close cleanly (see _http._close_with_loop)."""
+    import asyncio
+
     asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on the background loop and wait for its result in this thread."""
+    import asyncio
+
     loop = _background()
     if threading.current_thread().name == "ember-loop":
         coro.close()

@@ -11,7 +11,6 @@ import datetime
 import functools
 import warnings
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 from ._types import Usage
@@ -24,6 +23,8 @@ Pricer = Callable[[int, int], float]
 
 @functools.cache
 def _pricer(provider: str, model: str) -> Pricer | None:
+    from decimal import Decimal
+
     from genai_prices import Usage as PriceUsage
     from genai_prices import data_snapshot
     from genai_prices.types import ModelPrice
