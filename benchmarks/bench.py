@@ -412,16 +412,21 @@ def import_times(runs: int) -> dict[str, dict]:
         "(bare interpreter)": {"wall_ms": b * 1000, "importtime_ms": float("nan")}}
 
 
-def profile_ember(server: FakeServer, n: int) -> str:
-    """cProfile of n sequential ember calls (after a warm-up); the top functions by own time."""
+def profile_ember(server: FakeServer, n: int, variant: str, home: Path) -> str:
+    """cProfile of n sequential ember calls in one setting of EMBER_VARIANTS (after a
+    warm-up); the top functions by own time. The log writer's thread is not profiled."""
     url = server.base_url(0.0)
     loop = asyncio.new_event_loop()
     call, _ = loop.run_until_complete(make_ember(url))
-    loop.run_until_complete(seq_round(call, 200, []))
+    folder, kw = EMBER_VARIANTS[variant]
+    setting = Setting(home / f"profile-{folder}", **kw)
+    with setting.active(200):
+        loop.run_until_complete(seq_round(call, 200, []))
     prof = cProfile.Profile()
-    prof.enable()
-    loop.run_until_complete(seq_round(call, n, []))
-    prof.disable()
+    with setting.active(n):
+        prof.enable()
+        loop.run_until_complete(seq_round(call, n, []))
+        prof.disable()
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
     s = io.StringIO()
@@ -466,7 +471,10 @@ def main() -> None:
     parser.add_argument("--concurrent-calls", type=int, help="calls in case 2 (default 5000)")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--latency-ms", type=float, default=50.0)
-    parser.add_argument("--profile", action="store_true", help="also cProfile ember sequential")
+    folders = {folder: name for name, (folder, _) in EMBER_VARIANTS.items()}
+    parser.add_argument("--profile", nargs="?", const="log", choices=list(folders),
+                        help="also cProfile ember's sequential calls in one setting: "
+                             "nolog, log (the default), track or budget")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     n_seq = args.calls or (500 if args.quick else 2000)
@@ -475,14 +483,33 @@ def main() -> None:
     rounds = 2 if args.quick else 4
     import_runs = 3 if args.quick else 7
 
+    # ember's usage log goes to a folder of our own, never to the user's ~/.ember; the
+    # default settings otherwise (prompts are not logged unless EMBER_LOG_PROMPTS=1)
+    home = Path(tempfile.mkdtemp(prefix="ember-bench-"))
+    os.environ["EMBER_HOME"] = str(home)
+    for var in ("EMBER_LOG", "EMBER_LOG_PROMPTS"):
+        os.environ.pop(var, None)
+    try:
+        run_all(args, n_seq, n_conc, reps, rounds, import_runs, home, folders)
+    finally:
+        with contextlib.suppress(ImportError):
+            from ember import _log
+            _log.flush()  # nothing may be written into the folder once it is gone
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_all(args: argparse.Namespace, n_seq: int, n_conc: int, reps: int, rounds: int,
+            import_runs: int, home: Path, folders: dict[str, str]) -> None:
     print(f"python {platform.python_version()} on {platform.machine()}, "
-          f"{os.cpu_count()} cores; {versions()}; fake server: {args.server}", flush=True)
+          f"{os.cpu_count()} cores; {versions()}; fake server: {args.server}; "
+          f"EMBER_HOME={home} (temporary)", flush=True)
     results: dict[str, object] = {}
     t_start = time.perf_counter()
     with FakeServer(args.server, [0.0, args.latency_ms], lifetime=900) as server:
         print(f"\n1. sequential, 0 ms server latency, {n_seq} calls per client "
-              f"({rounds} interleaved rounds, after a warm-up)", flush=True)
-        seq = sequential(server, n_seq, warmup=200, rounds=rounds)
+              f"({rounds} interleaved rounds, after a warm-up; max_tokens={MAX_TOKENS})",
+              flush=True)
+        seq, checks = sequential(server, n_seq, warmup=200, rounds=rounds, home=home)
         bare = seq["bare aiohttp"]
         print(table(
             ["client", "median µs", "mean µs", "p99 µs", "calls/s", "CPU µs/call",
@@ -491,13 +518,22 @@ def main() -> None:
               f"{r['calls_s']:.0f}", f"{r['cpu_us']:.0f}", f"{r['server_cpu_us']:.0f}",
               f"{r['median_us'] / bare['median_us']:.2f}x",
               f"{r['mean_us'] / bare['mean_us']:.2f}x"] for name, r in seq.items()]))
+        print("\nusage log rows at the end (one per call made with the log on; the longest "
+              "wait for the log's backlog at the end of a round):")
+        for name, c in checks.items():
+            extra = "".join(f", {k} {v:.6g}" if isinstance(v, float) else f", {k} {v}"
+                            for k, v in c.items() if k in ("tracker_calls", "budget_spent_usd"))
+            print(f"  {name}: {c['calls']} calls, {c['log_rows']} rows, "
+                  f"flush ≤ {c['flush_ms_max']:.1f} ms{extra}")
         results["sequential"] = seq
+        results["sequential_log"] = checks
 
         ideal = n_conc / args.concurrency * args.latency_ms / 1000
         print(f"\n2. {n_conc} calls, {args.concurrency} concurrent, {args.latency_ms:g} ms "
-              f"server latency (ideal wall {ideal:.2f} s; median of {reps}, after a warm-up)",
-              flush=True)
-        conc = concurrency(server, args.latency_ms, n_conc, args.concurrency, reps)
+              f"server latency (ideal wall {ideal:.2f} s; median of {reps}, after a warm-up; "
+              "ember with its usage log on)", flush=True)
+        conc, conc_log = concurrency(server, args.latency_ms, n_conc, args.concurrency, reps,
+                                     home)
         print(table(
             ["client", "wall s", "best s", "calls/s", "wall / ideal", "CPU µs/call",
              "server CPU µs/call", "vs bare (wall)"],
@@ -505,11 +541,17 @@ def main() -> None:
               f"{r['vs_ideal']:.2f}x", f"{r['cpu_us']:.0f}", f"{r['server_cpu_us']:.0f}",
               f"{r['wall_s'] / conc['bare aiohttp']['wall_s']:.2f}x"]
              for name, r in conc.items()]))
+        print(f"\nember's usage log: {conc_log['log_rows']} rows for {conc_log['calls']} calls; "
+              f"the backlog left after each repetition took "
+              f"{conc['ember']['flush_ms']:.1f} ms to write (median; in the CPU column, not in "
+              "the wall time)")
         results["concurrent"] = conc
+        results["concurrent_log"] = conc_log
 
         if args.profile:
-            print("\nprofile: cProfile of ember, sequential (cProfile inflates every call)")
-            print(profile_ember(server, n_seq))
+            variant = folders[args.profile]
+            print(f"\nprofile: cProfile of {variant}, sequential (cProfile inflates every call)")
+            print(profile_ember(server, n_seq, variant, home))
 
     print(f"\n3. import time, fresh interpreter, median of {import_runs} "
           "(wall = `python -c 'import X'` minus `python -c pass`)", flush=True)
@@ -519,11 +561,14 @@ def main() -> None:
                   else f"{r['importtime_ms']:.1f}"] for m, r in imp.items()]))
     results["imports"] = imp
 
-    e, b = seq["ember"], seq["bare aiohttp"]
-    verdict = "meets" if e["median_us"] <= 1.25 * b["median_us"] else "misses"
-    print(f"\nember / bare aiohttp per call: {e['median_us'] / b['median_us']:.2f}x median, "
-          f"{e['mean_us'] / b['mean_us']:.2f}x mean "
-          f"(+{e['median_us'] - b['median_us']:.0f} µs median) -> {verdict} the 1.25x goal")
+    b = seq["bare aiohttp"]
+    print("\nember / bare aiohttp per call (goal: <= 1.25x):")
+    for name in [*EMBER_VARIANTS, "ember sync twin"]:
+        e = seq[name]
+        verdict = "meets" if e["median_us"] <= 1.25 * b["median_us"] else "misses"
+        print(f"  {name}: {e['median_us'] / b['median_us']:.2f}x median, "
+              f"{e['mean_us'] / b['mean_us']:.2f}x mean "
+              f"({e['median_us'] - b['median_us']:+.0f} µs median) -> {verdict} the goal")
     print(f"total run time {time.perf_counter() - t_start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

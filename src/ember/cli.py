@@ -61,9 +61,9 @@ def demo() -> int:
 
 
 def _costs(t: Tracker) -> str:
-    rows = [[name, m.calls, m.cached, m.input_tokens, m.output_tokens, m.cost, m.saved,
-             m.percentile(50)] for name, m in [*t.by_model.items(), ("total", t)]]
-    headers = ["model", "calls", "cached", "tokens in", "tokens out", "cost $", "saved $", "p50 s"]
+    rows = [[name, m.calls, m.input_tokens, m.output_tokens, m.cost, m.percentile(50),
+             m.percentile(95)] for name, m in [*t.by_model.items(), ("total", t)]]
+    headers = ["model", "calls", "tokens in", "tokens out", "cost $", "p50 s", "p95 s"]
     return _table(headers, rows)
 
 
