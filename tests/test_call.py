@@ -94,9 +94,11 @@ def test_bare_names_are_routed_by_their_family():
         assert request(name, "Hi", api_key="k").provider == provider
 
 
-def test_a_prompt_of_the_wrong_type_is_a_type_error():
+def test_a_prompt_or_model_of_the_wrong_type_is_a_type_error():
     with pytest.raises(TypeError, match="prompt must be a str or a list"):
         models("gpt-4o-mini", 42, api_key="k")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="model must be a string such as 'openai/gpt-4o-mini'"):
+        models(None, "Hi")  # type: ignore[arg-type]
 
 
 def test_the_key_never_shows_in_a_request_repr():

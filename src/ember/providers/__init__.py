@@ -39,6 +39,8 @@ def _suggest(name: str, choices: list[str]) -> list[str]:
 
 def resolve(model: str) -> tuple[str, str]:
     """'provider/model' or a bare well-known name -> (provider, model)."""
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a string such as 'openai/gpt-4o-mini', not {model!r}")
     provider, slash, name = model.partition("/")
     if slash:
         if provider not in PROVIDERS:
