@@ -170,8 +170,8 @@ class Setting:
     log: bool = True
     track: bool = False
     budget: bool = False
-    calls: int = 0  # calls made in this setting, counted by the harness
-    flush_s: list[float] = field(default_factory=list)  # waits for the log's backlog
+    calls: int = field(default=0, init=False)  # calls made in it, counted by the harness
+    flush_s: list[float] = field(default_factory=list, init=False)  # waits for the log
 
     def __post_init__(self) -> None:
         from ember import Budget, Tracker
@@ -360,7 +360,7 @@ def concurrency(server: FakeServer, latency_ms: float, n: int, workers: int,
             s0 = server.cpu()
             flushes: list[float] = []
 
-            def flush() -> None:
+            def flush(flushes: list[float] = flushes) -> None:
                 t0 = time.perf_counter()
                 _log.flush()
                 flushes.append(time.perf_counter() - t0)

@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
+import tempfile
 import time
 
 import aiohttp
 from bench import KEY, MODEL, PROMPT, FakeServer, messages, seq_round, seq_round_sync
 
-from ember import _call, _http, models, providers
+from ember import _call, _http, _log, models, providers
 
 
 def main() -> None:
@@ -120,4 +123,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    home = tempfile.mkdtemp(prefix="ember-overhead-")  # the usage log: never ~/.ember
+    os.environ["EMBER_HOME"] = home
+    try:
+        main()
+    finally:
+        _log.flush()
+        shutil.rmtree(home, ignore_errors=True)

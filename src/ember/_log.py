@@ -31,6 +31,7 @@ MIGRATIONS = [
 ]
 _rows: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
 _writer: list[threading.Thread] = []
+BATCH = 0.05  # seconds the writer lets rows gather before it writes them
 _start = threading.Lock()
 
 
@@ -55,14 +56,16 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
 
 
 def _write() -> None:
-    """Wait for rows; write all that are waiting, one transaction per home folder."""
+    """Wait for a row, let more gather for BATCH seconds, then write them all: one wake-up
+    and one transaction per batch, on a connection kept open while the folder stays."""
     from ._sqlite import connect, home  # sqlite3 on first use
 
-    warned = False
+    warned, current, db = False, "", None
     while True:
         items = [_rows.get()]
+        time.sleep(BATCH)
         with contextlib.suppress(queue.Empty):
-            while len(items) < 1000:
+            while True:
                 items.append(_rows.get_nowait())
         batches: dict[str, list[tuple[Any, ...]]] = {}
         for item in items:
@@ -70,11 +73,15 @@ def _write() -> None:
                 batches.setdefault(item[0], []).append(item[1])
         for folder, rows in batches.items():
             try:
-                with contextlib.closing(connect(home(folder) / LOG, MIGRATIONS)) as db:
-                    db.execute("BEGIN")
-                    db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 13)})", rows)
-                    db.execute("COMMIT")
+                if db is None or current != folder:
+                    if db is not None:
+                        db.close()
+                    current, db = folder, connect(home(folder) / LOG, MIGRATIONS)
+                db.execute("BEGIN")
+                db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 13)})", rows)
+                db.execute("COMMIT")
             except Exception as problem:  # never fail a call for its log row
+                db = None
                 if not warned:
                     warnings.warn(f"ember: usage log not written ({problem})", stacklevel=1)
                 warned = True
