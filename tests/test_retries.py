@@ -74,10 +74,10 @@ def test_a_hung_server_times_out_and_the_retry_succeeds(openai_srv: OpenAIServer
     assert 0.5 <= gap < 5 and time.monotonic() - start < 5
 
 
-def test_a_server_that_always_hangs_raises_a_timeout(openai_srv: OpenAIServer):
-    openai_srv.fail("hang", "hang")
+def test_a_server_that_always_hangs_costs_two_timeouts_not_four(openai_srv: OpenAIServer):
+    openai_srv.fail("hang", "hang", "hang", "hang")
     with pytest.raises(ProviderTimeout) as caught:
-        models("gpt-4o-mini", "Hi", timeout=0.3, retries=1)
+        models("gpt-4o-mini", "Hi", timeout=0.3)  # retries=3 by default
     assert isinstance(caught.value, TimeoutError) and "0.3" in str(caught.value)
     assert len(openai_srv.requests) == 2
 

@@ -4,6 +4,7 @@ Retried, with exponential backoff and full jitter: 408, 409, 429, 5xx, connectio
 errors, timeouts, and a 200 whose body is truncated or not JSON. `retry-after-ms` and
 `retry-after` are honoured with jitter added (so concurrent callers do not retry in
 lockstep) up to MAX_WAIT seconds; a provider that asks for longer is not waited for.
+A timed-out attempt is retried once: a server that hangs costs two timeouts, not four.
 Not retried: every other status (400, 401, 403, 404...). aiohttp is imported on first use.
 """
 
@@ -101,6 +102,7 @@ async def _send(call: Call, url: str, headers: dict[str, str], body: dict[str, A
 
     req, session = call.request, await _session()
     timeout = aiohttp.ClientTimeout(sock_connect=req.timeout, sock_read=req.timeout)
+    timeouts = 0  # a server that hangs gets a second chance, not a fourth
     for attempt in range(req.retries + 1):
         wait = None
         try:
@@ -114,11 +116,12 @@ async def _send(call: Call, url: str, headers: dict[str, str], body: dict[str, A
                 raise error
         except TimeoutError:
             error = ProviderTimeout(req.provider, None, f"no answer within {req.timeout}s")
+            timeouts += 1
         except json.JSONDecodeError:
             error = _error(req, 200, "the answer was cut short or was not valid JSON")
         except aiohttp.ClientError as exc:
             error = _error(req, None, f"{type(exc).__name__}: {exc}")
-        if attempt == req.retries:
+        if attempt == req.retries or timeouts == 2:
             raise error
         call.retries += 1
         await asyncio.sleep(retry_delay(attempt, wait))
