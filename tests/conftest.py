@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from fakes import AnthropicServer, GeminiServer, OpenAIServer
+from fakes import AnthropicServer, FakeProvider, GeminiServer, OpenAIServer
 
 from ember import _http
 
@@ -26,25 +27,25 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(_http, "BACKOFF", 0.01)
 
 
+def serve(server: FakeProvider, monkeypatch: pytest.MonkeyPatch, url_variable: str,
+          key_variable: str) -> Iterator[Any]:
+    """Run a fake provider and point ember at it, with a key in the environment."""
+    with server:
+        monkeypatch.setenv(url_variable, server.base_url)
+        monkeypatch.setenv(key_variable, KEYS[key_variable])
+        yield server
+
+
 @pytest.fixture
 def openai_srv(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
-    with OpenAIServer() as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", KEYS["OPENAI_API_KEY"])
-        yield server
+    yield from serve(OpenAIServer(), monkeypatch, "OPENAI_BASE_URL", "OPENAI_API_KEY")
 
 
 @pytest.fixture
 def anthropic_srv(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
-    with AnthropicServer() as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", KEYS["ANTHROPIC_API_KEY"])
-        yield server
+    yield from serve(AnthropicServer(), monkeypatch, "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")
 
 
 @pytest.fixture
 def gemini_srv(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiServer]:
-    with GeminiServer() as server:
-        monkeypatch.setenv("GOOGLE_BASE_URL", server.base_url)
-        monkeypatch.setenv("GEMINI_API_KEY", KEYS["GEMINI_API_KEY"])
-        yield server
+    yield from serve(GeminiServer(), monkeypatch, "GOOGLE_BASE_URL", "GEMINI_API_KEY")
