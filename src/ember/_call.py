@@ -32,11 +32,12 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
                                                  for m in messages):
         raise TypeError(f"prompt must be a str or a list of {{'role', 'content'}} dicts, "
                         f"not {prompt!r:.60}")
-    system = "\n\n".join(filter(None, [system, *(m["content"] for m in messages
-                                                  if m["role"] == "system")])) or None
+    systems = [system] if system else []  # system= first, then any system messages
+    systems += [m["content"] for m in messages if m["role"] == "system"]
     url = providers.base_url(provider, base_url)
-    return Request(provider, name, [m for m in messages if m["role"] != "system"], params, system,
-                   url, providers.key(provider, api_key, url), timeout, retries, stream)
+    chat = [m for m in messages if m["role"] != "system"]
+    return Request(provider, name, chat, params, "\n\n".join(systems) or None, url,
+                   providers.key(provider, api_key, url), timeout, retries, stream)
 
 
 async def send(req: Request) -> Response:
