@@ -8,6 +8,7 @@ the caller's thread already runs a loop (Jupyter, an async web handler).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,7 +40,8 @@ def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
     """At exit, let open connection pools close cleanly (see _http._close_with_loop)."""
     import asyncio
 
-    asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
+    with contextlib.suppress(Exception):  # a loop stuck at exit must not stop the exit
+        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
