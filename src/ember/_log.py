@@ -48,11 +48,12 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
         else (0, 0, 0.0, None, False)  # a failed call is not billed
     _rows.put((os.environ.get("EMBER_HOME", ""), (time.time(), req.provider, req.model, tag,
                *numbers, call.retries, error and type(error).__name__, prompt, answer)))
-    with _start:
-        if not _writer:
-            _writer.append(threading.Thread(target=_write, name="ember-log", daemon=True))
-            _writer[0].start()
-            atexit.register(flush)
+    if not _writer:  # the first row starts the writer
+        with _start:
+            if not _writer:
+                _writer.append(threading.Thread(target=_write, name="ember-log", daemon=True))
+                _writer[0].start()
+                atexit.register(flush)
 
 
 def _write() -> None:

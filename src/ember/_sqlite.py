@@ -19,16 +19,15 @@ def home(folder: str = "") -> Path:
     return path
 
 
-def connect(path: Path | str, migrations: list[tuple[str, str]]) -> sqlite3.Connection:
+def connect(path: Path, migrations: list[tuple[str, str]]) -> sqlite3.Connection:
     """Open (or create) a database file and apply the migrations it has not seen yet."""
-    if path != ":memory:":
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # owner-only before SQLite
-        os.chmod(path, 0o600)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # owner-only before SQLite opens it
+    os.chmod(path, 0o600)
     db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
-    for _ in range(100 if path != ":memory:" else 0):  # the -wal and -shm files take its mode
-        with contextlib.suppress(sqlite3.OperationalError):  # locked: being created elsewhere,
-            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":  # and SQLite
-                break  # does not wait here by itself
+    for _ in range(100):  # WAL: several processes at once; the -wal and -shm files take its mode
+        with contextlib.suppress(sqlite3.OperationalError):  # locked while another process
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":  # creates it, and
+                break  # SQLite does not wait here by itself
         time.sleep(0.05)
     db.execute("PRAGMA synchronous=NORMAL")  # a killed process loses no committed row
     db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL)")
