@@ -20,11 +20,12 @@ from ember.errors import ConfigError, EmberError, MissingKey, UnknownModel
 
 def test_exported_names_are_pinned():
     assert sorted(ember.__all__) == [
-        "Budget", "Model", "Response", "Stream", "Tracker", "Usage", "budget", "errors", "models",
-        "track", "usage"]
+        "Budget", "Model", "Response", "Stream", "Tracker", "Usage", "abatch", "aparallel",
+        "batch", "budget", "errors", "gather", "limit", "models", "parallel", "track", "usage",
+        "vote"]
     assert sorted(ember.errors.__all__) == [
-        "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "ProviderError",
-        "ProviderTimeout", "RateLimited", "UnknownModel"]
+        "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
+        "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
 
 
 async def test_sync_and_async_give_the_same_response(openai_srv: OpenAIServer):

@@ -5,6 +5,8 @@
     │   ├── MissingKey          no API key: names the variable to set and the parameter to pass
     │   └── UnknownModel        no such model or provider: suggests the closest known names
     ├── BudgetExceeded          refused before sending: the call could cross a budget's cap
+    ├── PartialFailure          some items of gather/parallel/batch failed (an ExceptionGroup):
+    │                           .results keeps every finished result, .failures {index: error}
     └── ProviderError           the provider refused or failed, after retries:
         │                       .provider, .status (None without an HTTP answer), .message
         ├── RateLimited         429 (or an overloaded 529) still there after retries
@@ -16,9 +18,11 @@ wrapped: it stays Python's own error. No message ever contains an API key.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
-    "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "ProviderError",
-    "ProviderTimeout", "RateLimited", "UnknownModel",
+    "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
+    "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel",
 ]
 
 
@@ -45,6 +49,23 @@ class UnknownModel(ConfigError):
 
 class BudgetExceeded(EmberError):
     """A call was refused, unsent, because its worst case could cross a budget's cap."""
+
+
+class PartialFailure(EmberError, ExceptionGroup):
+    """Some items failed and the others finished. `.results` holds every item's result in
+    input order, with the exception in place of each failed one; `.failures` maps each
+    failed index to its exception (`.exceptions` lists them, as in any ExceptionGroup)."""
+
+    results: list[Any]
+    failures: dict[int, Exception]
+
+    def __new__(cls, results: list[Any], failures: dict[int, Exception]) -> PartialFailure:
+        first = min(failures)
+        message = f"{len(failures)} of {len(results)} items failed; item {first}: {failures[first]}"
+        unique = list({id(error): error for error in failures.values()}.values())
+        self = super().__new__(cls, message, unique)
+        self.results, self.failures = results, failures
+        return self
 
 
 class ProviderError(EmberError):
