@@ -21,8 +21,7 @@ from ember.errors import ConfigError, EmberError, MissingKey, UnknownModel
 def test_exported_names_are_pinned():
     assert sorted(ember.__all__) == [
         "Budget", "Model", "Response", "Stream", "Tracker", "Usage", "abatch", "aparallel",
-        "batch", "budget", "errors", "gather", "limit", "models", "parallel", "track", "usage",
-        "vote"]
+        "batch", "budget", "errors", "gather", "models", "parallel", "track", "usage", "vote"]
     assert sorted(ember.errors.__all__) == [
         "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
         "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]

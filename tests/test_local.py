@@ -80,7 +80,9 @@ def test_ember_demo_classifies_the_shipped_set_and_reports_its_numbers():
     assert score is not None and int(score[2]) >= 40
     assert int(score[1]) / int(score[2]) >= 0.7  # few-shot on a 135M model: demo-grade
     total = re.search(r"^total +(\d+) +(\d+) +(\d+) +0\.000000 ", out.stdout, re.M)
-    assert total is not None and int(total[1]) == int(score[2])  # the cost table from track()
+    assert total is not None and int(total[1]) == 3 * int(score[2])  # the cost table (track)
+    voted = re.search(r"accuracy (\d+)/(\d+) = \d+% by a vote of 3", out.stdout)
+    assert voted is not None and int(voted[1]) / int(voted[2]) >= 0.7  # the ensemble
     assert int(total[2]) > 0 and int(total[3]) > 0  # tokens in and out
     assert out.stdout.count("(want ") == int(score[2])  # one line per item
 

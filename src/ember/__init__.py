@@ -2,13 +2,13 @@
 
 from . import errors
 from ._call import Model, Stream, models
-from ._pace import limit
 from ._parallel import abatch, aparallel, batch, gather, parallel, vote
 from ._spend import Budget, Tracker, budget, track, usage
 from ._types import Response, Usage
 
 __all__ = [
-    "Budget", "Model", "Response", "Stream", "Tracker", "Usage", "abatch", "aparallel", "batch",
-    "budget", "errors", "gather", "limit", "models", "parallel", "track", "usage", "vote",
+    "Budget", "Model", "Response", "Stream", "Tracker", "Usage", "abatch", "aparallel", "batch", "budget",
+    "errors",
+    "gather", "models", "parallel", "track", "usage", "vote",
 ]
 __version__ = "0.1.0"

@@ -4,17 +4,15 @@ A request flows one way: request() checks it; send() reserves budget, sends it t
 the provider module and the transport, decodes the answer and records what it cost.
 """
 
-from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from . import _pace, _spend, providers
+from . import _spend, providers
 from ._loop import iterate, run
 from ._prices import cost
 from ._types import Request, Response, Usage
-from .errors import ConfigError
 
 __all__ = ["Model", "Stream", "models"]
 
@@ -25,7 +23,7 @@ Prompt = str | list[dict[str, Any]]
 
 def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: str | None = None,
             base_url: str | None = None, timeout: float = TIMEOUT, retries: int = RETRIES,
-            stream: bool = False, texts: list[str] | None = None, **params: Any) -> Request:
+            stream: bool = False, **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -38,7 +36,7 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
     url = providers.base_url(provider, base_url)
     chat = [m for m in messages if m["role"] != "system"]
     return Request(provider, name, chat, params, "\n\n".join(systems) or None, url,
-                   providers.key(provider, api_key, url), timeout, retries, stream, texts)
+                   providers.key(provider, api_key, url), timeout, retries, stream)
 
 
 async def send(req: Request) -> Response:
@@ -46,24 +44,16 @@ async def send(req: Request) -> Response:
     provider = providers.module(req.provider)
     url, headers, body = provider.encode(req)
     with _spend.spending(req, body) as call:
-        async with _pace.turn(call, body):
-            start = time.perf_counter()
-            data = await provider.post(call, url, headers, body)
-            if req.texts is None:
-                (text, usage), vectors = provider.decode(data), None
-            else:
-                text, (vectors, usage) = "", provider.decode_embed(data)
-            call.response = _response(req, text, usage, start, data)
-            call.response.vectors = vectors
+        start = time.perf_counter()
+        data = await provider.post(call, url, headers, body)
+        text, usage = provider.decode(data)
+        call.response = _response(req, text, usage, start, data)
     return call.response
 
 
-def _response(req: Request, text: str, usage: Usage | None, start: float,
-              raw: dict[str, Any]) -> Response:
-    """The Response, priced; usage the provider did not report costs None, never 0."""
-    price = None if usage is None else cost(req.provider, req.model, usage)
-    latency = time.perf_counter() - start
-    return Response(text, req.model, req.provider, usage or Usage(), price, latency, raw)
+def _response(req: Request, text: str, usage: Usage, start: float, raw: dict[str, Any]) -> Response:
+    price = cost(req.provider, req.model, usage)
+    return Response(text, req.model, req.provider, usage, price, time.perf_counter() - start, raw)
 
 
 class Stream:
@@ -80,22 +70,20 @@ class Stream:
         parts: list[str] = []
         usage, last = Usage(), {}
         with _spend.spending(req, body) as call:
-            async with _pace.turn(call, body):
-                start = time.perf_counter()
-                try:
-                    async for last in provider.events(call, url, headers, body):
-                        text, seen = provider.decode_event(last)
-                        if seen:  # usage comes in pieces: keep the latest of each count
-                            usage = Usage(seen.input_tokens or usage.input_tokens,
-                                          seen.output_tokens or usage.output_tokens)
-                        if text:
-                            parts.append(text)
-                            yield text
-                finally:  # also when the reader stops early: the provider bills it all the same
-                    response = _response(req, "".join(parts), usage, start, last)
-                    self.response = call.response = response
-                    if not usage.output_tokens and call.hold:  # usage unknown: the worst case
-                        response.cost = call.hold[1]
+            start = time.perf_counter()
+            try:
+                async for last in provider.events(call, url, headers, body):
+                    text, seen = provider.decode_event(last)
+                    if seen:  # providers report usage in pieces: keep the latest of each count
+                        usage = Usage(seen.input_tokens or usage.input_tokens,
+                                      seen.output_tokens or usage.output_tokens)
+                    if text:
+                        parts.append(text)
+                        yield text
+            finally:  # also when the reader stops early: the provider bills it all the same
+                self.response = call.response = _response(req, "".join(parts), usage, start, last)
+                if not usage.output_tokens and call.hold:  # usage unknown: the worst case
+                    self.response.cost = call.hold[1]
 
     def __iter__(self) -> Iterator[str]:
         return iterate(self.__aiter__())
@@ -147,24 +135,8 @@ class Models:
 
     astream = stream
 
-    def embed(self, model: str, texts: list[str], **params: Any) -> Response:
-        """Embed `texts` in one call (openai and compatible servers, google): `.vectors` in
-        order, with usage and cost. Batch many texts with `batch()` or `@batch`."""
-        return run(self.aembed(model, texts, **params))
-
-    async def aembed(self, model: str, texts: list[str], **params: Any) -> Response:
-        if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
-            raise TypeError("texts must be a list of strings: models.embed(model, ['a', 'b'])")
-        req = request(model, [], texts=list(texts), **params)
-        if not hasattr(providers.module(req.provider), "decode_embed"):
-            raise ConfigError(f"ember has no embeddings for {req.provider}: use openai or google")
-        return await send(req)
-
     def instance(self, model: str, **defaults: Any) -> Model:
         return Model(model, **defaults)
-
-    def __repr__(self) -> str:
-        return "<ember.models: models(model, prompt, **params) -> Response>"
 
 
 models = Models()

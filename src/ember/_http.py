@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ._pace import learn
 from ._types import Call, Request
 from .errors import ProviderError, ProviderTimeout, RateLimited
 
@@ -96,9 +95,10 @@ async def _session() -> aiohttp.ClientSession:
     return _sessions[loop][0]
 
 
-async def _send(call: Call, url: str, headers: dict[str, str], body: dict[str, Any],
-                stream: bool = False) -> Any:
-    """POST with retries: the decoded JSON of a 200 answer, or the open response to stream."""
+async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, Any],
+               stream: bool = False) -> Any:
+    """POST `body` as JSON, with retries: the decoded JSON answer (a 200), or with
+    `stream=True` the open response to read events from."""
     import aiohttp
 
     req, session = call.request, await _session()
@@ -108,11 +108,10 @@ async def _send(call: Call, url: str, headers: dict[str, str], body: dict[str, A
         wait = None
         try:
             resp = await session.post(url, json=body, headers=headers, timeout=timeout)
-            wait = _retry_after(resp.headers)
-            learn(req, resp.status, resp.headers, wait)
             if resp.status == 200:
                 return resp if stream else json.loads(await resp.read())
             error = _error(req, resp.status, _message(await resp.read()))
+            wait = _retry_after(resp.headers)
             retriable = resp.status in (408, 409, 429) or resp.status >= 500
             if not retriable or (wait is not None and wait > MAX_WAIT):
                 raise error
@@ -130,20 +129,13 @@ async def _send(call: Call, url: str, headers: dict[str, str], body: dict[str, A
     raise AssertionError("unreachable")
 
 
-async def post(call: Call, url: str, headers: dict[str, str],
-               body: dict[str, Any]) -> dict[str, Any]:
-    """POST `body` as JSON and return the decoded JSON answer."""
-    data: dict[str, Any] = await _send(call, url, headers, body)
-    return data
-
-
 async def events(call: Call, url: str, headers: dict[str, str],
                  body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """POST `body` and yield the JSON data of each server-sent event, until [DONE] or EOF.
     Only opening the stream is retried: once text has arrived, a failure is raised."""
     import aiohttp
 
-    req, resp = call.request, await _send(call, url, headers, body, stream=True)
+    req, resp = call.request, await post(call, url, headers, body, stream=True)
     lines: list[str] = []
     try:
         async for raw in resp.content:

@@ -6,7 +6,6 @@ slows or fails a call; a log that cannot be written warns once. The schema chang
 by appending to MIGRATIONS.
 """
 
-from __future__ import annotations
 
 import atexit
 import contextlib

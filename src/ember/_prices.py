@@ -5,7 +5,6 @@ microsecond, tiered or dated ones through genai-prices itself. A model whose pri
 unknown costs None, never a silent 0, with one warning per model.
 """
 
-from __future__ import annotations
 
 import datetime
 import functools

@@ -1,7 +1,6 @@
 """ember's home folder and its SQLite files: readable by the owner only, WAL mode (several
 processes at once), and a schema that changes only by append-only named migrations."""
 
-from __future__ import annotations
 
 import contextlib
 import os

@@ -1,6 +1,5 @@
 """The values every call passes along: Request in, Usage and Response out, Call between."""
 
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +17,7 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One call as ember will send it; providers turn it into their wire format.
-    `texts` is set for an embedding call, `messages` for a chat."""
+    """One call as ember will send it; providers turn it into their wire format."""
 
     provider: str
     model: str
@@ -31,14 +29,12 @@ class Request:
     timeout: float = 30.0
     retries: int = 3
     stream: bool = False
-    texts: list[str] | None = None
 
 
 @dataclass(slots=True)
 class Response:
-    """What a call returns: `text` (or `vectors`, in order, for embeddings), usage, and
-    `cost` in USD: None when the model's price (or an embedding's usage) is unknown.
-    (`cached` marks an answer that cost nothing because it was stored.)"""
+    """What a call returns: `text`, usage, and `cost` in USD, None when the model's price
+    is unknown. (`cached` marks an answer that cost nothing because it was stored.)"""
 
     text: str
     model: str
@@ -48,21 +44,16 @@ class Response:
     latency: float
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     cached: bool = False
-    vectors: list[list[float]] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         return self.text
 
     def __repr__(self) -> str:
-        short = repr(self.text if len(self.text) <= 60 else self.text[:57] + "...")
-        if self.vectors is not None:
-            short = f"{len(self.vectors)} vectors"
+        short = self.text if len(self.text) <= 60 else self.text[:57] + "..."
         cost = "unknown" if self.cost is None else f"${self.cost:.6f}"
-        return (
-            f"Response({short}, model='{self.provider}/{self.model}', "
-            f"tokens={self.usage.input_tokens}+{self.usage.output_tokens}, cost={cost}, "
-            f"latency={self.latency:.3f}s{', cached' if self.cached else ''})"
-        )
+        return (f"Response({short!r}, model='{self.provider}/{self.model}', "
+                f"tokens={self.usage.input_tokens}+{self.usage.output_tokens}, cost={cost}, "
+                f"latency={self.latency:.3f}s{', cached' if self.cached else ''})")
 
 
 @dataclass(slots=True)

@@ -1,8 +1,6 @@
 """The `ember` command: `ember "prompt" -m MODEL`, `ember demo`, `ember usage`,
 `ember models`."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import sqlite3
@@ -15,13 +13,15 @@ from typing import Any
 
 from ._call import models
 from ._log import LOG, MIGRATIONS
-from ._spend import Tracker, track
+from ._parallel import parallel, vote
+from ._spend import track
 from ._sqlite import connect, home
 from .errors import EmberError
 
 __all__ = ["main"]
 
 DEMO_MODEL = "local/smollm2"
+DEMO_PROMPTS = ["demo_prompt.txt", "demo_prompt_2.txt", "demo_prompt_3.txt"]  # few-shot
 USAGE_COLUMNS = ["calls", "cached", "tokens in", "tokens out", "cost $", "errors"]
 
 
@@ -33,38 +33,38 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
                      for row in shown)
 
 
-def _label(answer: str) -> str:
-    word = (answer.strip().lower().split() or [""])[0]
+def _classify(job: tuple[str, str]) -> str:
+    prompt, text = job
+    answer = models(DEMO_MODEL, prompt.format(text=text), raw=True, max_tokens=2, temperature=0,
+                    stop=["\n"])
+    word = (answer.text.strip().lower().split() or [""])[0]
     return "positive" if word.startswith("pos") else "negative" if word.startswith("neg") else "?"
 
 
 def demo() -> int:
-    """Classify the shipped labelled reviews with the embedded model; print the score."""
+    """Classify the shipped labelled reviews with the embedded model, by one prompt and by
+    a vote of three (an ensemble run through parallel); print the scores and the costs."""
     files = resources.files("ember")
     items = [json.loads(line) for line in files.joinpath("demo.jsonl").read_text().splitlines()]
-    prompt = files.joinpath("demo_prompt.txt").read_text()
-    print(f"ember demo: {len(items)} labelled reviews, a few-shot prompt, model {DEMO_MODEL}\n"
-          "(a 135M-parameter model running in-process: no key, no network; demo-grade)\n")
-    start, right = time.perf_counter(), 0
+    prompts = [files.joinpath(name).read_text() for name in DEMO_PROMPTS]
+    print(f"ember demo: {len(items)} labelled reviews, {len(prompts)} few-shot prompts, model "
+          f"{DEMO_MODEL}\n(a 135M-parameter model in-process: no key, no network; demo-grade)\n")
+    start = time.perf_counter()
     with track(tag="demo") as t:
-        for item in items:
-            answer = models(DEMO_MODEL, prompt.format(text=item["text"]), raw=True, max_tokens=2,
-                            temperature=0, stop=["\n"])
-            guess = _label(answer.text)
-            right += guess == item["label"]
-            mark = "ok " if guess == item["label"] else "MISS"
-            print(f"{mark} {guess:8} (want {item['label']:8}) {item['text']}")
-    print(f"\naccuracy {right}/{len(items)} = {right / len(items):.0%}   "
-          f"wall {time.perf_counter() - start:.2f}s\n")
-    print(_costs(t))
-    return 0
-
-
-def _costs(t: Tracker) -> str:
+        jobs = [(prompt, item["text"]) for prompt in prompts for item in items]
+        labels = parallel(_classify, jobs, concurrency=2)  # the model runs one call at a time
+    single, voted = labels[:len(items)], [vote(labels[i::len(items)]) for i in range(len(items))]
+    for item, one, many in zip(items, single, voted, strict=True):
+        mark = "ok " if many == item["label"] else "MISS"
+        print(f"{mark} {one:8} vote {many:8} (want {item['label']:8}) {item['text']}")
+    for name, guesses in [("by one prompt", single), (f"by a vote of {len(prompts)}", voted)]:
+        right = sum(guess == item["label"] for guess, item in zip(guesses, items, strict=True))
+        print(f"\naccuracy {right}/{len(items)} = {right / len(items):.0%} {name}", end="")
     rows = [[name, m.calls, m.input_tokens, m.output_tokens, m.cost, m.percentile(50),
              m.percentile(95)] for name, m in [*t.by_model.items(), ("total", t)]]
-    headers = ["model", "calls", "tokens in", "tokens out", "cost $", "p50 s", "p95 s"]
-    return _table(headers, rows)
+    print(f"\nwall {time.perf_counter() - start:.2f}s\n\n" + _table(
+        ["model", "calls", "tokens in", "tokens out", "cost $", "p50 s", "p95 s"], rows))
+    return 0
 
 
 def ask(prompt: str, model: str) -> int:
@@ -105,14 +105,14 @@ def known(provider: str | None) -> int:
     """The models the price data knows, with USD per million tokens."""
     from genai_prices import data_snapshot
 
-    rows: list[list[Any]] = [["local/smollm2-135m-instruct", 0, 0]] if provider in (
-        None, "local") else []
+    rows: list[list[Any]] = [["local/smollm2-135m-instruct", 0, 0]]
     for entry in data_snapshot.get_snapshot().providers:
         for m in entry.models if entry.id in ("openai", "anthropic", "google") else []:
             rates = [getattr(m.prices, name, None) for name in ("input_mtok", "output_mtok")]
             shown = [rate if isinstance(rate, (int, Decimal)) else "tiered" for rate in rates]
-            rows += [[f"{entry.id}/{m.id}", *shown]] if provider in (None, entry.id) else []
-    print(_table(["model", "$/M in", "$/M out"], rows))
+            rows.append([f"{entry.id}/{m.id}", *shown])
+    print(_table(["model", "$/M in", "$/M out"], [row for row in rows if provider in (
+        None, row[0].split("/")[0])]))
     return 0
 
 

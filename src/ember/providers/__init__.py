@@ -5,7 +5,6 @@ back into text and usage (`decode`, `decode_event`), and names its transport (`p
 `events`). Nothing outside the module knows a provider's shape.
 """
 
-from __future__ import annotations
 
 import difflib
 import functools
@@ -21,9 +20,8 @@ __all__ = ["PROVIDERS", "base_url", "key", "module", "resolve"]
 PROVIDERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "openai": ("openai", "https://api.openai.com/v1", ("OPENAI_API_KEY",)),
     "anthropic": ("anthropic", "https://api.anthropic.com", ("ANTHROPIC_API_KEY",)),
-    "google": (
-        "google", "https://generativelanguage.googleapis.com", ("GEMINI_API_KEY", "GOOGLE_API_KEY")
-    ),
+    "google": ("google", "https://generativelanguage.googleapis.com",
+               ("GEMINI_API_KEY", "GOOGLE_API_KEY")),
     "ollama": ("openai", "http://localhost:11434/v1", ()),
     "local": ("local", "", ()),
 }
@@ -44,9 +42,8 @@ def resolve(model: str) -> tuple[str, str]:
     provider, slash, name = model.partition("/")
     if slash:
         if provider not in PROVIDERS:
-            raise UnknownModel(
-                f"Unknown provider {provider!r} in {model!r}.", _suggest(provider, list(PROVIDERS))
-            )
+            raise UnknownModel(f"Unknown provider {provider!r} in {model!r}.",
+                               _suggest(provider, list(PROVIDERS)))
         return provider, name
     for prefix, provider in PREFIXES.items():
         if model.startswith(prefix):
@@ -55,11 +52,9 @@ def resolve(model: str) -> tuple[str, str]:
 
     known = [f"{p}/{m}" for p in ("openai", "anthropic", "google") for m in known_models(p)]
     known += [f"local/{m}" for m in LOCAL_MODELS]
-    close = _suggest(model, [k.split("/", 1)[1] for k in known])
-    raise UnknownModel(
-        f"Unknown model {model!r}: write 'provider/model' (providers: {', '.join(PROVIDERS)}).",
-        [k for k in known if k.split("/", 1)[1] in close][:3],
-    )
+    close = _suggest(model, [k.split("/", 1)[1] for k in known])  # at most 3
+    raise UnknownModel(f"Unknown model {model!r}: write 'provider/model' (providers: "
+                       f"{', '.join(PROVIDERS)}).", [k for k in known if k.split("/")[1] in close])
 
 
 @functools.cache
@@ -79,8 +74,6 @@ def key(provider: str, given: str | None, url: str) -> str | None:
     variables = PROVIDERS[provider][2]
     found = given or next((os.environ[v] for v in variables if os.environ.get(v)), None)
     if found is None and variables and url == PROVIDERS[provider][1]:
-        raise MissingKey(
-            f"No API key for {provider}: set {' or '.join(variables)} in the environment, "
-            "or pass api_key=..."
-        )
+        raise MissingKey(f"No API key for {provider}: set {' or '.join(variables)} in the "
+                         "environment, or pass api_key=...")
     return found

@@ -1,6 +1,5 @@
 """Anthropic Messages API: `x-api-key`, `anthropic-version`, a top-level `system`."""
 
-from __future__ import annotations
 
 from typing import Any
 

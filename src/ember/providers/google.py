@@ -1,13 +1,12 @@
 """Google Gemini `generateContent`: `contents`/`parts`, `systemInstruction`, `usageMetadata`."""
 
-from __future__ import annotations
 
 from typing import Any
 
 from .._http import events, post
 from .._types import Request, Usage
 
-__all__ = ["decode", "decode_embed", "decode_event", "encode", "events", "post"]
+__all__ = ["decode", "decode_event", "encode", "events", "post"]
 
 CONFIG = {"temperature": "temperature", "max_tokens": "maxOutputTokens", "top_p": "topP",
           "top_k": "topK", "stop": "stopSequences", "seed": "seed"}
@@ -16,14 +15,8 @@ CONFIG = {"temperature": "temperature", "max_tokens": "maxOutputTokens", "top_p"
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     headers = {"x-goog-api-key": req.api_key or ""}
     url = f"{req.base_url}/v1beta/models/{req.model}"
-    if req.texts is not None:
-        requests = [{"model": f"models/{req.model}", "content": {"parts": [{"text": text}]},
-                     **req.params} for text in req.texts]
-        return f"{url}:batchEmbedContents", headers, {"requests": requests}
-    contents = [
-        {"role": "model" if m["role"] == "assistant" else "user", "parts": [{"text": m["content"]}]}
-        for m in req.messages
-    ]
+    contents = [{"role": "model" if m["role"] == "assistant" else "user",
+                 "parts": [{"text": m["content"]}]} for m in req.messages]
     params = dict(req.params)
     config = {CONFIG[name]: params.pop(name) for name in list(params) if name in CONFIG}
     if isinstance(config.get("stopSequences"), str):
@@ -53,9 +46,3 @@ def decode(data: dict[str, Any]) -> tuple[str, Usage]:
     text, usage = decode_event(data)
     return text, usage or Usage()
 
-
-def decode_embed(data: dict[str, Any]) -> tuple[list[list[float]], Usage | None]:
-    """Vectors in order, and usage when the API reports it (else the cost is unknown)."""
-    vectors = [item["values"] for item in data["embeddings"]]
-    meta = data.get("usageMetadata")
-    return vectors, Usage(meta.get("promptTokenCount") or 0) if meta else None

@@ -7,7 +7,6 @@ texts, weak at open questions. `raw=True` sends the prompt as plain text to comp
 without the chat template (best for few-shot prompts).
 """
 
-from __future__ import annotations
 
 import asyncio
 import concurrent.futures
@@ -19,7 +18,8 @@ from typing import Any
 
 from .._types import Call, Request, Usage
 from ..errors import ConfigError, ProviderError
-from .openai import messages, usage
+from . import openai
+from .openai import usage
 
 __all__ = ["decode", "decode_event", "encode", "events", "post"]
 
@@ -45,13 +45,10 @@ def _model() -> Any:
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
-    params = dict(req.params)
-    if params.pop("raw", False):
-        body = {"prompt": "\n".join(m["content"] for m in messages(req)), **params}
-    else:
-        body = {"messages": messages(req), **params}
-    if req.stream:
-        body.update(stream=True, stream_options={"include_usage": True})
+    """The OpenAI-style body; its 'url' names the llama.cpp handler that takes it."""
+    _, _, body = openai.encode(req)
+    if body.pop("raw", False):
+        body["prompt"] = "\n".join(m["content"] for m in body.pop("messages"))
     return "completions" if "prompt" in body else "chat", {}, body
 
 

@@ -1,14 +1,12 @@
 """OpenAI Chat Completions, and every server that speaks it (Ollama, vLLM, llama.cpp...)."""
 
-from __future__ import annotations
 
 from typing import Any
 
 from .._http import events, post
 from .._types import Request, Usage
 
-__all__ = ["decode", "decode_embed", "decode_event", "encode", "events", "messages", "post",
-           "usage"]
+__all__ = ["decode", "decode_event", "encode", "events", "messages", "post", "usage"]
 
 
 def messages(req: Request) -> list[dict[str, Any]]:
@@ -19,9 +17,6 @@ def messages(req: Request) -> list[dict[str, Any]]:
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     headers = {"Authorization": f"Bearer {req.api_key}"} if req.api_key else {}
-    if req.texts is not None:
-        body = {"model": req.model, "input": req.texts, "encoding_format": "float", **req.params}
-        return f"{req.base_url}/embeddings", headers, body
     body = {"model": req.model, "messages": messages(req), **req.params}
     if req.stream:
         body.update(stream=True, stream_options={"include_usage": True})
@@ -44,8 +39,3 @@ def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None]:
     choices = data.get("choices") or [{}]
     return choices[0].get("delta", {}).get("content") or "", usage(data)
 
-
-
-def decode_embed(data: dict[str, Any]) -> tuple[list[list[float]], Usage | None]:
-    items = sorted(data["data"], key=lambda item: item["index"])
-    return [item["embedding"] for item in items], usage(data)
