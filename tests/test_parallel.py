@@ -1,4 +1,4 @@
-"""Many calls at once: gather, parallel/aparallel, batch/abatch and vote. Order is proved by
+"""Many calls at once: gather, parallel/aparallel and vote. Order is proved by
 making later items finish first, concurrency by counting calls in flight, failures at the
 fake server; the progress bar is read from stderr and the run's tag from the usage log."""
 
@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,7 @@ from ember import (
     Response,
     Usage,
     _log,
-    abatch,
     aparallel,
-    batch,
     gather,
     models,
     parallel,
@@ -128,7 +125,7 @@ def test_parallel_keeps_input_order_when_later_items_finish_first():
 
 
 def test_no_items_give_an_empty_list():
-    assert parallel(str, []) == [] and batch(list, [], size=3) == []
+    assert parallel(str, []) == []
 
 
 # ---- failures --------------------------------------------------------------------------------
@@ -214,24 +211,37 @@ async def test_errors_return_puts_each_exception_in_place():
         assert str(out[6]) == "bad 6"
 
 
-@pytest.mark.parametrize("run", [parallel, batch])
-def test_a_bad_errors_value_is_a_config_error(run: Callable[..., Any]):
+def test_a_bad_errors_value_is_a_config_error():
     calls: list[Any] = []
     with pytest.raises(ConfigError, match="errors"):
-        run(calls.append, [1, 2, 3], errors="ignore")
+        parallel(calls.append, [1, 2, 3], errors="ignore")
     assert calls == []  # refused before any item ran
 
 
-@pytest.mark.parametrize("run", [aparallel, abatch])
-async def test_a_bad_errors_value_is_a_config_error_async(run: Callable[..., Any]):
+async def test_a_bad_errors_value_is_a_config_error_async():
     calls: list[Any] = []
 
     async def record(item: Any) -> None:
         calls.append(item)
 
     with pytest.raises(ConfigError, match="errors"):
-        await run(record, [1, 2, 3], errors="skip")
+        await aparallel(record, [1, 2, 3], errors="skip")
     assert calls == []
+
+
+@pytest.mark.parametrize("concurrency", [0, -2])
+async def test_a_concurrency_below_one_is_refused_not_silently_skipped(concurrency: int):
+    calls: list[Any] = []
+    with pytest.raises(ConfigError, match=f"concurrency={concurrency}"):
+        await aparallel(calls.append, [1, 2, 3], concurrency=concurrency)
+    with pytest.raises(ConfigError, match="at least 1"):
+        parallel(calls.append, [1, 2, 3], concurrency=concurrency)
+    pending = [asyncio.sleep(0, n) for n in range(2)]
+    with pytest.raises(ConfigError, match="concurrency"):
+        await gather(*pending, concurrency=concurrency)
+    for coroutine in pending:
+        coroutine.close()
+    assert calls == []  # no item ran, and none came back as a silent None
 
 
 async def test_gather_refuses_a_bad_errors_value():
@@ -339,69 +349,6 @@ async def test_a_sync_function_returning_a_coroutine_is_awaited(openai_srv: Open
     assert await aparallel(lambda i: square(i), range(6), concurrency=2) == [
         i * i for i in range(6)]
     assert flying.peak == 2 and finished == [1, 0, 3, 2, 5, 4]
-
-
-# ---- batch -----------------------------------------------------------------------------------
-
-def test_batch_passes_chunks_of_at_most_size_and_flattens_in_order():
-    seen: list[list[int]] = []
-
-    def tens(chunk: list[int]) -> list[int]:
-        seen.append(chunk)
-        return [n * 10 for n in chunk]
-
-    assert batch(tens, range(10), size=4, concurrency=1) == [n * 10 for n in range(10)]
-    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-
-
-async def test_abatch_keeps_order_when_later_chunks_finish_first():
-    done = {start: asyncio.Event() for start in (0, 3, 6, 9)}
-    done[9].set()
-    finished: list[list[int]] = []
-
-    async def negate(chunk: list[int]) -> list[int]:
-        async with asyncio.timeout(5):
-            await done[chunk[0] + 3].wait()
-        finished.append(chunk)
-        done[chunk[0]].set()
-        return [-n for n in chunk]
-
-    assert await abatch(negate, range(9), size=3) == [-n for n in range(9)]
-    assert finished == [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
-
-
-def test_a_batch_function_returning_the_wrong_number_of_results_fails_only_that_chunk():
-    def shout(chunk: list[str]) -> list[str] | None:
-        if chunk == ["g"]:
-            return None  # forgot to return
-        loud = [s.upper() for s in chunk]
-        return loud[:-1] if "e" in chunk else loud
-
-    with pytest.raises(PartialFailure) as caught:
-        batch(shout, "abcdefg", size=3)
-    failure = caught.value
-    assert sorted(failure.failures) == [3, 4, 5, 6]
-    assert failure.results[:3] == ["A", "B", "C"]
-    short = failure.results[3]
-    assert isinstance(short, TypeError)
-    assert failure.results[4] is short and failure.results[5] is short
-    assert "shout" in str(short) and "one result per item" in str(short)
-    assert isinstance(failure.results[6], TypeError) and len(failure.exceptions) == 2
-
-
-async def test_a_failed_chunk_puts_its_exception_at_each_of_its_items():
-    async def check(chunk: list[int]) -> list[int]:
-        if 5 in chunk:
-            raise RuntimeError("chunk down")
-        return chunk
-
-    out = await abatch(check, range(8), size=2, errors="return")
-    error = out[4]
-    assert isinstance(error, RuntimeError) and out[5] is error
-    assert out[:4] == [0, 1, 2, 3] and out[6:] == [6, 7]
-    with pytest.raises(PartialFailure) as caught:
-        await abatch(check, range(8), size=2)
-    assert sorted(caught.value.failures) == [4, 5] and len(caught.value.exceptions) == 1
 
 
 # ---- progress --------------------------------------------------------------------------------
@@ -562,9 +509,8 @@ async def test_track_outside_aparallel_counts_every_call(openai_srv: OpenAIServe
     with track() as t:
         await aparallel(ask, ["a", "b", "c"])
         await aparallel(ask_sync, ["d", "e"])
-        await abatch(lambda chunk: [models(GPT, p) for p in chunk], ["f", "g", "h"], size=2)
-    assert (t.calls, t.input_tokens) == (8, 96)
-    assert prompts_at(openai_srv) == Counter("abcdefgh")
+    assert (t.calls, t.input_tokens) == (5, 60)
+    assert prompts_at(openai_srv) == Counter("abcde")
 
 
 async def test_calls_inside_a_run_are_logged_under_the_functions_qualname(
@@ -575,17 +521,13 @@ async def test_calls_inside_a_run_are_logged_under_the_functions_qualname(
     async def classify(text: str) -> str:
         return (await models.acall(GPT, text)).text
 
-    def label_chunk(chunk: list[str]) -> list[str]:
-        return [models(GPT, text).text for text in chunk]
-
     with track(tag="nightly") as t:
         parallel(summarise, ["a", "b"])
         await aparallel(classify, ["c"])
-        batch(label_chunk, ["d", "e", "f"], size=2)
         await models.acall(GPT, "after")  # the run's own tag ended with the run
-    assert t.calls == 7
+    assert t.calls == 4
     tags = logged_tags()
     assert Counter(tags) == {summarise.__qualname__: 2, classify.__qualname__: 1,
-                             label_chunk.__qualname__: 3, "nightly": 1}
+                             "nightly": 1}
     assert tags[-1] == "nightly"
     assert summarise.__qualname__.endswith("<locals>.summarise")

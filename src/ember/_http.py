@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ._types import Call, Request
+from ._types import Call, Json, Request
 from .errors import ProviderError, ProviderTimeout, RateLimited
 
 if TYPE_CHECKING:
@@ -129,8 +129,7 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
     raise AssertionError("unreachable")
 
 
-async def events(call: Call, url: str, headers: dict[str, str],
-                 body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def events(call: Call, url: str, headers: dict[str, str], body: Json) -> AsyncIterator[Json]:
     """POST `body` and yield the JSON data of each server-sent event, until [DONE] or EOF.
     Only opening the stream is retried: once text has arrived, a failure is raised."""
     import aiohttp

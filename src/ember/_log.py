@@ -22,12 +22,10 @@ from ._types import Call
 __all__ = ["LOG", "MIGRATIONS", "flush", "write"]
 
 LOG = "usage.sqlite"
-MIGRATIONS = [
-    ("001_calls", "CREATE TABLE calls (time REAL, provider TEXT, model TEXT, tag TEXT, "
-                  "input_tokens INT, output_tokens INT, cost REAL, latency REAL, cached INT, "
-                  "retries INT, error TEXT, prompt TEXT, response TEXT)"),
-    ("002_calls_time_index", "CREATE INDEX calls_time ON calls (time)"),
-]
+MIGRATIONS = [("001_calls", "CREATE TABLE calls (time REAL, provider TEXT, model TEXT, tag TEXT, "
+                             "input_tokens INT, output_tokens INT, cost REAL, latency REAL, "
+                             "cached INT, retries INT, error TEXT, prompt TEXT, response TEXT)"),
+              ("002_calls_time_index", "CREATE INDEX calls_time ON calls (time)")]
 _rows: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
 _writer: list[threading.Thread] = []
 BATCH = 0.05  # seconds the writer lets rows gather before it writes them
@@ -47,12 +45,11 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
         else (0, 0, 0.0, None, False)  # a failed call is not billed
     _rows.put((os.environ.get("EMBER_HOME", ""), (time.time(), req.provider, req.model, tag,
                *numbers, call.retries, error and type(error).__name__, prompt, answer)))
-    if not _writer:  # the first row starts the writer
-        with _start:
-            if not _writer:
-                _writer.append(threading.Thread(target=_write, name="ember-log", daemon=True))
-                _writer[0].start()
-                atexit.register(flush)
+    with _start:  # the first row starts the writer
+        if not _writer:
+            _writer.append(threading.Thread(target=_write, name="ember-log", daemon=True))
+            _writer[0].start()
+            atexit.register(flush)
 
 
 def _write() -> None:

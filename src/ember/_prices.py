@@ -34,10 +34,9 @@ def _pricer(provider: str, model: str) -> Pricer | None:
         warnings.warn(f"ember: no price known for {provider}/{model}; its calls have cost=None",
                       stacklevel=4)
         return None
-    price = info.prices
-    rates: tuple[Any, ...] = ()
-    if isinstance(price, ModelPrice):
-        rates = (price.input_mtok or 0, price.output_mtok or 0)
+    rates: list[Any] = []
+    if isinstance(info.prices, ModelPrice):  # else a list of prices, each under a condition
+        rates = [info.prices.input_mtok or 0, info.prices.output_mtok or 0]
     if rates and all(isinstance(rate, (int, Decimal)) for rate in rates):
         per_in, per_out = (float(rate) / 1e6 for rate in rates)
         return lambda tokens_in, tokens_out: tokens_in * per_in + tokens_out * per_out

@@ -164,16 +164,14 @@ def _reserve(req: Request, body: dict[str, Any]) -> Any:
 @contextlib.contextmanager
 def spending(req: Request, body: dict[str, Any]) -> Iterator[Call]:
     """Reserve budget for one call, then settle and record it however it ends."""
-    call = Call(req, hold=_reserve(req, body))
+    call, error = Call(req, hold=_reserve(req, body)), None
     try:
         yield call
-    except GeneratorExit:  # a stream whose reader stopped early: not an error
-        record(call)
+    except BaseException as caught:  # GeneratorExit: a stream's reader stopped early, no error
+        error = None if isinstance(caught, GeneratorExit) else caught
         raise
-    except BaseException as error:
+    finally:
         record(call, error)
-        raise
-    record(call)
 
 
 def record(call: Call, error: BaseException | None = None) -> None:

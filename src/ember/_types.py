@@ -4,7 +4,9 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Call", "Request", "Response", "Usage"]
+__all__ = ["Call", "Json", "Request", "Response", "Usage"]
+
+Json = dict[str, Any]  # a decoded JSON object: a request body or an answer
 
 
 @dataclass(frozen=True, slots=True)

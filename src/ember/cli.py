@@ -117,14 +117,13 @@ def known(provider: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ember", description='ember "prompt" -m MODEL, or '
-                                     "ember demo | usage | models")
+    parser = argparse.ArgumentParser(prog="ember", description="ask a model, or: demo|usage|models")
     parser.add_argument("prompt", help="the prompt, or a command")
     parser.add_argument("-m", "--model", default=DEMO_MODEL, help=f"default {DEMO_MODEL}")
     parser.add_argument("--since", default="36500d", help="usage: e.g. 7d or 12h")
     parser.add_argument("--json", action="store_true", help="usage: as JSON")
     parser.add_argument("--provider", help="models: only this provider's")
-    o = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    o = parser.parse_args(argv)  # None: the command line
     commands: dict[str, Callable[[], int]] = {"demo": demo, "usage": lambda: usage(o.since, o.json),
                 "models": lambda: known(o.provider)}
     try:

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = [
-    "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-    "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel",
-]
+__all__ = ["BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
+           "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
 
 
 class EmberError(Exception):
@@ -62,8 +60,7 @@ class PartialFailure(EmberError, ExceptionGroup):
     def __new__(cls, results: list[Any], failures: dict[int, Exception]) -> PartialFailure:
         first = min(failures)
         message = f"{len(failures)} of {len(results)} items failed; item {first}: {failures[first]}"
-        unique = list({id(error): error for error in failures.values()}.values())
-        self = super().__new__(cls, message, unique)
+        self = super().__new__(cls, message, list(failures.values()))
         self.results, self.failures = results, failures
         return self
 

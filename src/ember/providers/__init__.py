@@ -23,8 +23,7 @@ PROVIDERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "google": ("google", "https://generativelanguage.googleapis.com",
                ("GEMINI_API_KEY", "GOOGLE_API_KEY")),
     "ollama": ("openai", "http://localhost:11434/v1", ()),
-    "local": ("local", "", ()),
-}
+    "local": ("local", "", ())}
 PREFIXES = {"gpt-": "openai", "o1": "openai", "o3": "openai", "o4": "openai",
             "chatgpt-": "openai", "text-embedding-": "openai", "claude-": "anthropic",
             "gemini-": "google", "smollm2": "local"}

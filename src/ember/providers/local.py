@@ -16,7 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .._types import Call, Request, Usage
+from .._types import Call, Json, Request, Usage
 from ..errors import ConfigError, ProviderError
 from . import openai
 from .openai import usage
@@ -62,14 +62,12 @@ def _generate(kind: str, body: dict[str, Any], on_chunk: Any = None) -> dict[str
     return result or {}
 
 
-async def post(call: Call, url: str, headers: dict[str, str],
-               body: dict[str, Any]) -> dict[str, Any]:
+async def post(call: Call, url: str, headers: dict[str, str], body: Json) -> Json:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_worker, _generate, url, body)
 
 
-async def events(call: Call, url: str, headers: dict[str, str],
-                 body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def events(call: Call, url: str, headers: dict[str, str], body: Json) -> AsyncIterator[Json]:
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
