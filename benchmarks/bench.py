@@ -9,8 +9,9 @@ Measures, in one run (see BENCHMARKS.md):
     client CPU per call, for bare aiohttp, AsyncOpenAI, ember's sync twin and ember's
     `acall` in four settings: usage log off (EMBER_LOG=0), log on (the default), log on
     inside `with track():`, and log on inside `with budget(usd=1000), track():`;
- 2. N calls at C concurrent (C worker tasks) with 50 ms server latency: wall time, calls/s,
-    ratio to the ideal wall time N/C*latency, client CPU per call (ember with its log on);
+ 2. N calls at C concurrent with 50 ms server latency: wall time, calls/s, ratio to the
+    ideal wall time N/C*latency, client CPU per call (ember with its log on), for C worker
+    tasks of each client, and for ember's `aparallel(lambda i: call(), range(N), C)`;
  3. import time of ember, openai and aiohttp in fresh interpreters.
 
 Every client sends max_tokens=16 (a budget needs it). ember's usage log goes to a temporary
@@ -275,6 +276,31 @@ async def concurrent(call: Call, n: int, workers: int,
     return wall, time.process_time() - cpu0
 
 
+async def through_parallel(call: Call, n: int, workers: int,
+                           after: Callable[[], object] = lambda: None) -> tuple[float, float]:
+    """n calls through ember's aparallel at concurrency `workers`, as its user writes them
+    (its track() scope and its progress bar, here off); the same figures as concurrent()."""
+    from ember import aparallel
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    answers = await aparallel(lambda i: call(), range(n), concurrency=workers, progress=False)
+    wall = time.perf_counter() - t0
+    after()
+    assert len(answers) == n and answers[-1] == EXPECTED, (len(answers), answers[-1:])
+    return wall, time.process_time() - cpu0
+
+
+Maker = Callable[[str], Awaitable[tuple[Call, Callable[[], Awaitable[None]]]]]
+Runner = Callable[[Call, int, int, Callable[[], object]], Awaitable[tuple[float, float]]]
+CONCURRENT_CLIENTS: dict[str, tuple[Maker, Runner, str | None]] = {
+    # case 2: (client, how its calls are run, ember's log folder; None: not ember)
+    "ember, worker tasks": (make_ember, concurrent, "concurrent"),
+    "ember, aparallel()": (make_ember, through_parallel, "concurrent-parallel"),
+    "bare aiohttp": (make_bare, concurrent, None),
+    "openai SDK": (make_openai, concurrent, None),
+}
+
+
 def sequential(server: FakeServer, n: int, warmup: int, rounds: int,
                home: Path) -> tuple[dict[str, dict], dict[str, dict]]:
     """Every client in interleaved rounds of n/rounds calls, so drift hits all alike.
@@ -340,22 +366,24 @@ def sequential(server: FakeServer, n: int, warmup: int, rounds: int,
 
 
 def concurrency(server: FakeServer, latency_ms: float, n: int, workers: int,
-                reps: int, home: Path) -> tuple[dict[str, dict], dict[str, object]]:
-    """Each client on a fresh loop; ember with its usage log on (the default), in its own
-    folder. After each repetition ember's log backlog is flushed: outside the wall time,
-    inside the CPU time. Returns the figures per client, and the check of ember's log."""
+                reps: int, home: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Each client on a fresh loop; ember with its usage log on (the default), each of its
+    rows in its own folder. After each repetition ember's log backlog is flushed: outside
+    the wall time, inside the CPU time. Returns the figures per client, and the check of
+    each ember row's log."""
     from ember import _log
 
     url = server.base_url(latency_ms)
     ideal = n / workers * latency_ms / 1000
-    setting = Setting(home / "concurrent")
+    settings = {name: Setting(home / folder)
+                for name, (_, _, folder) in CONCURRENT_CLIENTS.items() if folder}
     out = {}
-    for name, make in ASYNC_CLIENTS.items():
-        scope = setting.active(workers + n * reps) if name == "ember" else contextlib.nullcontext()
-        with scope:
+    for name, (make, runner, _) in CONCURRENT_CLIENTS.items():
+        setting = settings.get(name)
+        with setting.active(workers + n * reps) if setting else contextlib.nullcontext():
             loop = asyncio.new_event_loop()  # a fresh loop and client, as a program would
             call, close = loop.run_until_complete(make(url))
-            loop.run_until_complete(concurrent(call, workers, workers))  # warm-up: the pool
+            loop.run_until_complete(runner(call, workers, workers, lambda: None))  # the pool
             _log.flush()
             s0 = server.cpu()
             flushes: list[float] = []
@@ -365,7 +393,7 @@ def concurrency(server: FakeServer, latency_ms: float, n: int, workers: int,
                 _log.flush()
                 flushes.append(time.perf_counter() - t0)
 
-            runs = [loop.run_until_complete(concurrent(call, n, workers, flush))
+            runs = [loop.run_until_complete(runner(call, n, workers, flush))
                     for _ in range(reps)]
             server_cpu = (server.cpu() - s0) / (n * reps)
             loop.run_until_complete(close())
@@ -377,7 +405,7 @@ def concurrency(server: FakeServer, latency_ms: float, n: int, workers: int,
                      "vs_ideal": wall / ideal, "cpu_us": cpu / n * 1e6,
                      "server_cpu_us": server_cpu * 1e6,
                      "flush_ms": statistics.median(flushes) * 1000}
-    return out, setting.check("ember, case 2")
+    return out, {name: setting.check(f"{name}, case 2") for name, setting in settings.items()}
 
 
 def import_times(runs: int) -> dict[str, dict]:
@@ -541,10 +569,11 @@ def run_all(args: argparse.Namespace, n_seq: int, n_conc: int, reps: int, rounds
               f"{r['vs_ideal']:.2f}x", f"{r['cpu_us']:.0f}", f"{r['server_cpu_us']:.0f}",
               f"{r['wall_s'] / conc['bare aiohttp']['wall_s']:.2f}x"]
              for name, r in conc.items()]))
-        print(f"\nember's usage log: {conc_log['log_rows']} rows for {conc_log['calls']} calls; "
-              f"the backlog left after each repetition took "
-              f"{conc['ember']['flush_ms']:.1f} ms to write (median; in the CPU column, not in "
-              "the wall time)")
+        print("\nember's usage log (one row per call; the backlog left after each repetition "
+              "took this long to write: median, in the CPU column, not in the wall time):")
+        for name, c in conc_log.items():
+            print(f"  {name}: {c['log_rows']} rows for {c['calls']} calls, "
+                  f"flush {conc[name]['flush_ms']:.1f} ms")
         results["concurrent"] = conc
         results["concurrent_log"] = conc_log
 
