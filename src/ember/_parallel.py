@@ -4,9 +4,12 @@ Results come back in input order. A failed item never throws away the others: ev
 item runs to its end, then one PartialFailure carries every finished result and each
 failure with its index (`errors="return"` puts the exceptions in place instead).
 Cancelling (Ctrl-C) stops scheduling new items at once. Async functions run on the event
-loop, sync ones on worker threads, under the same `concurrency` bound. parallel shows
-a progress bar on stderr (tqdm: done/total, rate, failures, cost so far), by
-default only when stderr is a terminal; `progress=True/False` forces it.
+loop, sync ones on worker threads, under the same `concurrency` bound. parallel shows a
+progress bar on stderr (tqdm: done/total, rate, failures, cost so far), by default only
+when stderr is a terminal; `progress=True/False` forces it.
+
+Left out for now, for the line budget (drafts in history, commits ea343cf and 09569ee):
+`batch`/`@batch` (static and dynamic batching, with `models.embed`) and `limit` (pacing).
 """
 
 import contextvars
