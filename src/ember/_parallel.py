@@ -8,8 +8,9 @@ loop, sync ones on worker threads, under the same `concurrency` bound. parallel 
 progress bar on stderr (tqdm: done/total, rate, failures, cost so far), by default only
 when stderr is a terminal; `progress=True/False` forces it.
 
-Left out for now, for the line budget: `batch`/`@batch` (static and dynamic batching, with
-`models.embed`) and `limit` (pacing). They are built and tested on the branch issue-3-rest.
+Left out, for the line budget: `batch`/`@batch` (static and dynamic batching, with
+`models.embed`) and `limit` (pacing). They are built and tested, with the cache, on the
+branch issues-3-4-over-budget (1437 logical lines in all; 255 tests).
 """
 
 import contextvars
