@@ -11,7 +11,8 @@ Measures, in one run (see BENCHMARKS.md):
     inside `with track():`, and log on inside `with budget(usd=1000), track():`;
  2. N calls at C concurrent with 50 ms server latency: wall time, calls/s, ratio to the
     ideal wall time N/C*latency, client CPU per call (ember with its log on), for C worker
-    tasks of each client, and for ember's `aparallel(lambda i: call(), range(N), C)`;
+    tasks of each client, and for ember's `aparallel(fn, range(N), C)` with an `async def fn`
+    and with `lambda i: call()`;
  3. import time of ember, openai and aiohttp in fresh interpreters.
 
 Every client sends max_tokens=16 (a budget needs it). ember's usage log goes to a temporary
@@ -276,18 +277,28 @@ async def concurrent(call: Call, n: int, workers: int,
     return wall, time.process_time() - cpu0
 
 
-async def through_parallel(call: Call, n: int, workers: int,
-                           after: Callable[[], object] = lambda: None) -> tuple[float, float]:
+def through_parallel(async_def: bool) -> Runner:
     """n calls through ember's aparallel at concurrency `workers`, as its user writes them
-    (its track() scope and its progress bar, here off); the same figures as concurrent()."""
-    from ember import aparallel
+    (its track() scope and its progress bar, here off), with an `async def` or with a
+    lambda that returns the coroutine (which aparallel calls on a worker thread); the same
+    figures as concurrent()."""
 
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    answers = await aparallel(lambda i: call(), range(n), concurrency=workers, progress=False)
-    wall = time.perf_counter() - t0
-    after()
-    assert len(answers) == n and answers[-1] == EXPECTED, (len(answers), answers[-1:])
-    return wall, time.process_time() - cpu0
+    async def run(call: Call, n: int, workers: int,
+                  after: Callable[[], object] = lambda: None) -> tuple[float, float]:
+        from ember import aparallel
+
+        async def one(i: int) -> str:
+            return await call()
+
+        fn = one if async_def else (lambda i: call())
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        answers = await aparallel(fn, range(n), concurrency=workers, progress=False)
+        wall = time.perf_counter() - t0
+        after()
+        assert len(answers) == n and answers[-1] == EXPECTED, (len(answers), answers[-1:])
+        return wall, time.process_time() - cpu0
+
+    return run
 
 
 Maker = Callable[[str], Awaitable[tuple[Call, Callable[[], Awaitable[None]]]]]
@@ -295,7 +306,8 @@ Runner = Callable[[Call, int, int, Callable[[], object]], Awaitable[tuple[float,
 CONCURRENT_CLIENTS: dict[str, tuple[Maker, Runner, str | None]] = {
     # case 2: (client, how its calls are run, ember's log folder; None: not ember)
     "ember, worker tasks": (make_ember, concurrent, "concurrent"),
-    "ember, aparallel()": (make_ember, through_parallel, "concurrent-parallel"),
+    "ember, aparallel(async def)": (make_ember, through_parallel(True), "concurrent-async-def"),
+    "ember, aparallel(lambda)": (make_ember, through_parallel(False), "concurrent-parallel"),
     "bare aiohttp": (make_bare, concurrent, None),
     "openai SDK": (make_openai, concurrent, None),
 }
