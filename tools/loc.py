@@ -2,7 +2,7 @@
 
 A logical line is one holding code; blank lines, comments and docstrings are free.
 Exits 1 when the total passes --max or any line is wider than --width.
-Usage: python tools/loc.py src/ember --max 1000 --width 100
+Usage: python tools/loc.py src/ember --max 2200 --width 100
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def logical_lines(source: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--max", type=int, default=1000)
+    parser.add_argument("--max", type=int, default=2200)
     parser.add_argument("--width", type=int, default=100)
     args = parser.parse_args()
     total, ok = 0, True

@@ -9,10 +9,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from . import _spend, providers
+from . import _cache, _pace, _spend, providers
 from ._loop import iterate, run
 from ._prices import cost
-from ._types import Request, Response, Usage
+from ._types import Call, Request, Response, Usage
 
 __all__ = ["Model", "Stream", "models"]
 
@@ -23,7 +23,7 @@ Prompt = str | list[dict[str, Any]]
 
 def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: str | None = None,
             base_url: str | None = None, timeout: float = TIMEOUT, retries: int = RETRIES,
-            stream: bool = False, **params: Any) -> Request:
+            stream: bool = False, cache: Any = None, **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -35,25 +35,35 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
     systems += [m["content"] for m in messages if m["role"] == "system"]
     url = providers.base_url(provider, base_url)
     chat = [m for m in messages if m["role"] != "system"]
+    store = _cache.store_for(cache, stream)
     return Request(provider, name, chat, params, "\n\n".join(systems) or None, url,
-                   providers.key(provider, api_key, url), timeout, retries, stream)
+                   providers.key(provider, api_key, url), timeout, retries, stream, store)
 
 
 async def send(req: Request) -> Response:
-    """Send one Request through its provider; reserve, settle and record what it cost."""
+    """Send one Request: through its cache when it has one, else straight to the provider."""
+    if req.cache is not None:
+        return await _cache.through(req, _send)
+    return await _send(req)
+
+
+async def _send(req: Request) -> Response:
+    """Reserve budget, wait for a turn, send through the provider, settle and record."""
     provider = providers.module(req.provider)
     url, headers, body = provider.encode(req)
     with _spend.spending(req, body) as call:
-        start = time.perf_counter()
-        data = await provider.post(call, url, headers, body)
+        async with _pace.turn(call, body):
+            data = await provider.post(call, url, headers, body)
         text, usage = provider.decode(data)
-        call.response = _response(req, text, usage, start, data)
+        call.response = _response(call, text, usage, data)
     return call.response
 
 
-def _response(req: Request, text: str, usage: Usage, start: float, raw: dict[str, Any]) -> Response:
-    price = cost(req.provider, req.model, usage)
-    return Response(text, req.model, req.provider, usage, price, time.perf_counter() - start, raw)
+def _response(call: Call, text: str, usage: Usage, raw: dict[str, Any]) -> Response:
+    """The Response; its latency runs from the first byte sent, not from one-time imports."""
+    req, latency = call.request, time.perf_counter() - call.start
+    return Response(text, req.model, req.provider, usage, cost(req.provider, req.model, usage),
+                    latency, raw)
 
 
 class Stream:
@@ -70,20 +80,20 @@ class Stream:
         parts: list[str] = []
         usage, last = Usage(), {}
         with _spend.spending(req, body) as call:
-            start = time.perf_counter()
-            try:
-                async for last in provider.events(call, url, headers, body):
-                    text, seen = provider.decode_event(last)
-                    if seen:  # providers report usage in pieces: keep the latest of each count
-                        usage = Usage(seen.input_tokens or usage.input_tokens,
-                                      seen.output_tokens or usage.output_tokens)
-                    if text:
-                        parts.append(text)
-                        yield text
-            finally:  # also when the reader stops early: the provider bills it all the same
-                self.response = call.response = _response(req, "".join(parts), usage, start, last)
-                if not usage.output_tokens and call.hold:  # usage unknown: the worst case
-                    self.response.cost = call.hold[1]
+            async with _pace.turn(call, body):
+                try:
+                    async for last in provider.events(call, url, headers, body):
+                        text, seen = provider.decode_event(last)
+                        if seen:  # providers report usage in pieces: keep the latest of each
+                            usage = Usage(seen.input_tokens or usage.input_tokens,
+                                          seen.output_tokens or usage.output_tokens)
+                        if text:
+                            parts.append(text)
+                            yield text
+                finally:  # also when the reader stops early: the provider bills it all the same
+                    self.response = call.response = _response(call, "".join(parts), usage, last)
+                    if not usage.output_tokens and call.hold:  # usage unknown: the worst case
+                        self.response.cost = call.hold[1]
 
     def __iter__(self) -> Iterator[str]:
         return iterate(self.__aiter__())

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from ._pace import learn
 from ._types import Call, Json, Request
 from .errors import ProviderError, ProviderTimeout, RateLimited
 
@@ -104,14 +105,16 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
     req, session = call.request, await _session()
     timeout = aiohttp.ClientTimeout(sock_connect=req.timeout, sock_read=req.timeout)
     timeouts = 0  # a server that hangs gets a second chance, not a fourth
+    call.start = call.start or time.perf_counter()
     for attempt in range(req.retries + 1):
         wait = None
         try:
             resp = await session.post(url, json=body, headers=headers, timeout=timeout)
+            wait = _retry_after(resp.headers)
+            learn(req, resp.status, resp.headers, wait)
             if resp.status == 200:
                 return resp if stream else json.loads(await resp.read())
             error = _error(req, resp.status, _message(await resp.read()))
-            wait = _retry_after(resp.headers)
             retriable = resp.status in (408, 409, 429) or resp.status >= 500
             if not retriable or (wait is not None and wait > MAX_WAIT):
                 raise error

@@ -22,7 +22,7 @@ from ._prices import cost
 from ._types import Call, Request, Usage
 from .errors import BudgetExceeded, ConfigError
 
-__all__ = ["Budget", "Tracker", "budget", "record", "spending", "track", "usage"]
+__all__ = ["Budget", "Tracker", "budget", "max_out", "record", "spending", "track", "usage"]
 
 _trackers: ContextVar[tuple[Tracker, ...]] = ContextVar("ember_trackers", default=())
 _budgets: ContextVar[tuple[Budget, ...]] = ContextVar("ember_budgets", default=())
@@ -134,7 +134,7 @@ def usage() -> Tracker:
     return _process
 
 
-def _max_out(body: dict[str, Any]) -> int | None:
+def max_out(body: dict[str, Any]) -> int | None:
     """The most tokens the call may write: its max_tokens, in the provider's words."""
     config = body.get("generationConfig", {})
     found = [body.get("max_tokens"), body.get("max_completion_tokens"),
@@ -147,7 +147,7 @@ def _reserve(req: Request, body: dict[str, Any]) -> Any:
     if not budgets:
         return None
     # the request's size in bytes bounds its input tokens: a token is at least one byte
-    tokens_in, tokens_out = len(json.dumps(body).encode()), _max_out(body)
+    tokens_in, tokens_out = len(json.dumps(body).encode()), max_out(body)
     usd = cost(req.provider, req.model, Usage(tokens_in, tokens_out or 0))
     if tokens_out is None and (usd != 0.0 or any(cap.tokens is not None for cap in budgets)):
         raise ConfigError("under a budget, pass max_tokens=... so that ember can bound the call")

@@ -18,7 +18,7 @@ def home(folder: str = "") -> Path:
     return path
 
 
-def connect(path: Path, migrations: list[tuple[str, str]]) -> sqlite3.Connection:
+def connect(path: Path | str, migrations: list[tuple[str, str]]) -> sqlite3.Connection:
     """Open (or create) a database file and apply the migrations it has not seen yet."""
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # owner-only before SQLite opens it
     os.chmod(path, 0o600)

@@ -31,6 +31,7 @@ class Request:
     timeout: float = 30.0
     retries: int = 3
     stream: bool = False
+    cache: Any = field(default=None, repr=False)  # the store a call is cached in (see _cache)
 
 
 @dataclass(slots=True)
@@ -66,3 +67,5 @@ class Call:
     retries: int = 0
     response: Response | None = None
     hold: Any = None  # the budget reservation, if any
+    start: float = 0.0  # time.perf_counter() when the first attempt was sent
+    waited: float = 0.0  # seconds spent waiting for a turn under pacing (see _pace)

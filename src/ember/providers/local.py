@@ -13,6 +13,7 @@ import concurrent.futures
 import functools
 import importlib.util
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -63,12 +64,12 @@ def _generate(kind: str, body: dict[str, Any], on_chunk: Any = None) -> dict[str
 
 
 async def post(call: Call, url: str, headers: dict[str, str], body: Json) -> Json:
-    loop = asyncio.get_running_loop()
+    loop, call.start = asyncio.get_running_loop(), time.perf_counter()
     return await loop.run_in_executor(_worker, _generate, url, body)
 
 
 async def events(call: Call, url: str, headers: dict[str, str], body: Json) -> AsyncIterator[Json]:
-    loop = asyncio.get_running_loop()
+    loop, call.start = asyncio.get_running_loop(), time.perf_counter()
     chunks: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     def on_chunk(chunk: dict[str, Any]) -> None:  # a true return value would stop the model
