@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import subprocess
 import sys
 import warnings
@@ -22,7 +23,7 @@ def test_exported_names_are_pinned():
     assert sorted(ember.__all__) == [
         "Budget", "MemoryStore", "Model", "Response", "SQLiteStore", "Stream", "Tracker",
         "Usage", "aparallel", "budget", "cache", "errors", "gather", "limit", "models",
-        "parallel", "track", "usage", "vote"]
+        "parallel", "retry", "track", "usage", "vote"]
     assert sorted(ember.errors.__all__) == [
         "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
         "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
@@ -128,3 +129,14 @@ def test_import_ember_loads_no_http_client_pricing_or_model_runtime():
             "'httpx', 'openai'}; print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_first_calls_latency_is_its_own_time_not_the_imports(openai_srv: OpenAIServer):
+    code = ("import time, ember; start = time.perf_counter(); "
+            "r = ember.models('gpt-4o-mini', 'Hi'); "
+            "print(r.latency, time.perf_counter() - start)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ))
+    latency, wall = map(float, out.stdout.split())
+    assert wall > 0.2  # the first call imported aiohttp and the price data (~0.4-0.6 s here)...
+    assert latency < wall / 4  # ...and its latency is the round trip to a server on loopback

@@ -521,13 +521,54 @@ async def test_calls_inside_a_run_are_logged_under_the_functions_qualname(
     async def classify(text: str) -> str:
         return (await models.acall(GPT, text)).text
 
-    with track(tag="nightly") as t:
-        parallel(summarise, ["a", "b"])
-        await aparallel(classify, ["c"])
-        await models.acall(GPT, "after")  # the run's own tag ended with the run
-    assert t.calls == 4
+    parallel(summarise, ["a", "b"])
+    await aparallel(classify, ["c"])
+    await models.acall(GPT, "after")  # the run's own tag ended with the run
     tags = logged_tags()
-    assert Counter(tags) == {summarise.__qualname__: 2, classify.__qualname__: 1,
-                             "nightly": 1}
-    assert tags[-1] == "nightly"
+    assert Counter(tags) == {summarise.__qualname__: 2, classify.__qualname__: 1, None: 1}
+    assert tags[-1] is None
     assert summarise.__qualname__.endswith("<locals>.summarise")
+
+
+async def test_an_explicit_tag_is_not_replaced_by_the_functions_name(openai_srv: OpenAIServer):
+    def summarise(text: str) -> str:
+        with track(tag="inner"):  # the innermost explicit tag wins
+            return models(GPT, text).text
+
+    with track(tag="nightly") as t:
+        parallel(lambda text: models(GPT, text), ["a", "b"])
+        await aparallel(summarise, ["c"])
+        await models.acall(GPT, "after")
+    assert t.calls == 4
+    assert Counter(logged_tags()) == {"nightly": 3, "inner": 1}
+
+
+def test_concurrency_none_is_unbounded_for_async_and_sync_functions(openai_srv: OpenAIServer):
+    openai_srv.latency = 0.2
+    barrier = threading.Barrier(30, timeout=5)  # passed only if all 30 run at once
+
+    def wait_for_all(i: int) -> int:
+        barrier.wait()
+        return i
+
+    assert parallel(wait_for_all, range(30), concurrency=None) == list(range(30))
+    parallel(lambda i: models(GPT, f"q{i}"), range(40), concurrency=None)
+    arrivals = sorted(r.at for r in openai_srv.requests)
+    assert arrivals[-1] - arrivals[0] < 0.2  # all 40 were in flight at once, none queued
+
+
+def test_vote_skips_exceptions_and_raises_the_first_when_nothing_else_is_left():
+    boom, late = ProviderError("openai", 500, "boom"), TimeoutError("late")
+    assert vote([boom, "yes", late, "no", "Yes"]) == "yes"
+    with pytest.raises(ProviderError, match="boom"):
+        vote([boom, late])
+
+
+def test_by_model_finds_a_model_by_the_name_it_was_called_with(openai_srv: OpenAIServer):
+    with track() as t:
+        models("gpt-4o-mini", "Hi")
+    assert t.by_model["gpt-4o-mini"] is t.by_model["openai/gpt-4o-mini"]
+    assert t.by_model["gpt-4o-mini"].calls == 1
+    assert "gpt-4o-mini" not in t.by_model and "openai/gpt-4o-mini" in t.by_model
+    with pytest.raises(KeyError):
+        t.by_model["gpt-4o"]

@@ -51,9 +51,9 @@ def ember_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def worst_case(srv: OpenAIServer, max_tokens: int) -> float:
     """Make every `Hi` call cost exactly its budget reservation: the server reports input
-    tokens = the request's size in bytes, and output tokens = max_tokens. Returns that cost."""
-    models(GPT, "Hi", max_tokens=max_tokens)  # unbudgeted: learn the size of the body
-    size = len(srv.requests.pop().body)
+    tokens = the bytes of the text plus one message's framing, and output tokens =
+    max_tokens. Returns that cost."""
+    size = len(b"Hi") + _spend.FRAMING
     srv.usage = (size, max_tokens)
     return (size * 0.15 + max_tokens * 0.60) / 1e6
 
@@ -121,12 +121,17 @@ def test_nested_budgets_each_hold(openai_srv: OpenAIServer):
     assert generous.spent == pytest.approx(worst) and len(openai_srv.requests) == 4
 
 
-def test_a_tokens_budget_counts_request_bytes_plus_max_tokens(openai_srv: OpenAIServer):
+def test_a_tokens_budget_counts_text_bytes_and_framing_plus_max_tokens(openai_srv: OpenAIServer):
     with budget(tokens=1000) as cap:
         with pytest.raises(BudgetExceeded, match="1000"):
-            models(GPT, "Hi", max_tokens=990)  # the body alone is more than 10 bytes
+            models(GPT, "Hi", max_tokens=991)  # 2 bytes + 8 of framing + 991 > 1000
         assert openai_srv.requests == []
-        models(GPT, "Hi", max_tokens=100)
+        models(GPT, "Hi", max_tokens=990)  # exactly 1000: admitted
+        assert openai_srv.requests[0].json["max_tokens"] == 990
+        with pytest.raises(BudgetExceeded):  # a tool's schema is input the model reads
+            models(GPT, "Hi", max_tokens=10, tools=[{"type": "function", "function": {
+                "name": "f", "description": "x" * 1000}}])
+        assert len(openai_srv.requests) == 1
     assert cap.tokens_used == 12 + 5 and cap.tokens_reserved == 0  # settled to the actual
 
 

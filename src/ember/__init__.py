@@ -5,10 +5,11 @@ from ._cache import MemoryStore, SQLiteStore, cache
 from ._call import Model, Stream, models
 from ._pace import limit
 from ._parallel import aparallel, gather, parallel, vote
+from ._retry import retry
 from ._spend import Budget, Tracker, budget, track, usage
 from ._types import Response, Usage
 
 __all__ = ["Budget", "MemoryStore", "Model", "Response", "SQLiteStore", "Stream", "Tracker",
            "Usage", "aparallel", "budget", "cache", "errors", "gather", "limit", "models",
-           "parallel", "track", "usage", "vote"]
+           "parallel", "retry", "track", "usage", "vote"]
 __version__ = "0.1.0"

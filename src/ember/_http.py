@@ -33,11 +33,13 @@ MAX_WAIT = 60.0  # the longest retry-after ember will honour
 _sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, Any]] = {}
 
 
-def retry_delay(attempt: int, retry_after: float | None) -> float:
-    """Seconds to wait before retry `attempt` (0 for the first retry)."""
+def retry_delay(attempt: int, retry_after: float | None, backoff: float | None = None) -> float:
+    """Seconds to wait before retry `attempt` (0 for the first retry): full jitter, up to
+    `backoff` (default BACKOFF) doubling each time; after `retry_after`, plus jitter."""
+    base = BACKOFF if backoff is None else backoff
     if retry_after is not None:
-        return retry_after + random.uniform(0, BACKOFF + retry_after / 2)
-    return random.uniform(0, min(MAX_BACKOFF, BACKOFF * 2**attempt))
+        return retry_after + random.uniform(0, base + retry_after / 2)
+    return random.uniform(0, min(MAX_BACKOFF, base * 2**attempt))
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -8,9 +8,6 @@ loop, sync ones on worker threads, under the same `concurrency` bound. parallel 
 progress bar on stderr (tqdm: done/total, rate, failures, cost so far), by default only
 when stderr is a terminal; `progress=True/False` forces it.
 
-Left out, for the line budget: `batch`/`@batch` (static and dynamic batching, with
-`models.embed`) and `limit` (pacing). They are built and tested, with the cache, on the
-branch issues-3-4-over-budget.
 """
 
 import contextvars
@@ -20,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ._loop import run
-from ._spend import Tracker
+from ._spend import Tracker, active_tag
 from .errors import ConfigError, PartialFailure
 
 __all__ = ["aparallel", "gather", "parallel", "vote"]
@@ -62,9 +59,9 @@ class _Run(Tracker):
     """One run of parallel(): a tracker of its usage (tagged with the function's
     name in the usage log), its worker threads and its progress bar."""
 
-    def __init__(self, fn: Callable[[Any], Any], total: int, concurrency: int,
+    def __init__(self, fn: Callable[[Any], Any], total: int, concurrency: int | None,
                  progress: bool | None) -> None:
-        super().__init__(tag=getattr(fn, "__qualname__", None))
+        super().__init__(tag=active_tag() or getattr(fn, "__qualname__", None))  # yours first
         import asyncio
         import inspect
         from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +70,8 @@ class _Run(Tracker):
 
         self.fn, self.failed, self.loop = fn, 0, asyncio.get_running_loop()
         self.call = fn if inspect.iscoroutinefunction(fn) else self._threaded
-        self.threads = ThreadPoolExecutor(max(concurrency, 1), thread_name_prefix="ember-parallel")
+        workers = max(concurrency or total, 1)  # None: unbounded, one thread per item at most
+        self.threads = ThreadPoolExecutor(workers, thread_name_prefix="ember-parallel")
         shown = progress or (progress is None and sys.stderr.isatty())
         self.bar = tqdm(total=total, desc=self.tag, file=sys.stderr, disable=not shown)
 
@@ -94,7 +92,7 @@ class _Run(Tracker):
         self.bar.close()
 
 
-async def aparallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int = 16,
+async def aparallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int | None = 16,
                     progress: bool | None = None, errors: str = "raise") -> list[Any]:
     """Async twin of parallel()."""
     items = list(items)
@@ -102,18 +100,22 @@ async def aparallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency:
         return await _each(work.call, items, concurrency, errors, work.step)
 
 
-def parallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int = 16,
+def parallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int | None = 16,
              progress: bool | None = None, errors: str = "raise") -> list[Any]:
-    """`[fn(item) for item in items]`, `concurrency` calls at a time, results in order."""
+    """`[fn(item) for item in items]`, `concurrency` calls at a time (None: all at once),
+    results in order."""
     return run(aparallel(fn, items, concurrency, progress, errors))
 
 
 def vote(answers: Iterable[Any]) -> str:
     """The majority answer. Answers (strings, or Responses: their text) are compared stripped
     and case-folded; a tie goes to the answer seen first. Returns its first spelling, stripped.
+    Exceptions (from errors="return") are skipped; with no answer left, the first is raised.
     """
-    spelled = [str(answer).strip() for answer in answers]
+    answers = list(answers)
+    spelled = [str(answer).strip() for answer in answers if not isinstance(answer, Exception)]
     if not spelled:
-        raise ValueError("vote() needs at least one answer")
+        raise next((a for a in answers if isinstance(a, Exception)),
+                   ValueError("vote() needs at least one answer"))
     counts = Counter(answer.casefold() for answer in spelled)
     return max(spelled, key=lambda answer: counts[answer.casefold()])  # max keeps the first

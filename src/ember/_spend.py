@@ -4,8 +4,9 @@ Every call is recorded in the trackers active in its task (contextvars, so concu
 tasks do not mix), in the process-wide `usage()`, and in the usage log (see _log).
 
 A budget reserves each call's worst case before it is sent: an upper bound of its input
-tokens (the request's size in bytes: a token is at least one byte) plus its max_tokens,
-at the model's price. A call whose reservation would cross a cap is refused, unsent.
+tokens (the bytes of its text, as a token is at least one byte, plus a few tokens of
+framing per message) plus its max_tokens, at the model's price. A call whose reservation
+would cross a cap is refused, unsent.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from ._prices import cost
 from ._types import Call, Request, Usage
 from .errors import BudgetExceeded, ConfigError
 
-__all__ = ["Budget", "Tracker", "budget", "max_out", "record", "spending", "track", "usage"]
+__all__ = ["Budget", "Tracker", "active_tag", "budget", "max_out", "record", "spending", "track",
+           "usage"]
 
 _trackers: ContextVar[tuple[Tracker, ...]] = ContextVar("ember_trackers", default=())
 _budgets: ContextVar[tuple[Budget, ...]] = ContextVar("ember_budgets", default=())
 _lock = threading.Lock()  # trackers and budgets are shared with worker threads
+FRAMING = 8  # tokens a chat template may add per message, above the message's own text
 
 
 class _Scope:
@@ -63,7 +66,7 @@ class Tracker(_Scope):
         self.cached = self.retries = self.errors = self.unpriced = 0
         self.cost = self.saved = 0.0
         self.latencies: list[float] = []
-        self.by_model: dict[str, Tracker] = {}
+        self.by_model: dict[str, Tracker] = _ByModel()
 
     def _add(self, call: Call, error: BaseException | None) -> None:
         r = call.response
@@ -93,6 +96,18 @@ class Tracker(_Scope):
                 f"cost=${self.cost:.6f}{unknown}, cached={self.cached}, saved=${self.saved:.6f}, "
                 f"retries={self.retries}, errors={self.errors}, "
                 f"p50={self.percentile(50):.3f}s, p95={self.percentile(95):.3f}s)")
+
+
+class _ByModel(dict[str, Tracker]):
+    """Trackers by 'provider/model', also found by the name a call used: by_model['gpt-4o']."""
+
+    def __missing__(self, model: str) -> Tracker:
+        from .providers import resolve
+
+        full = "/".join(resolve(model)) if "/" not in model else model
+        if full == model or full not in self:
+            raise KeyError(model)
+        return self[full]
 
 
 class Budget(_Scope):
@@ -134,6 +149,11 @@ def usage() -> Tracker:
     return _process
 
 
+def active_tag() -> str | None:
+    """The tag of the innermost `track(tag=...)` active here: the label of its log rows."""
+    return next((t.tag for t in reversed(_trackers.get()) if t.tag), None)
+
+
 def max_out(body: dict[str, Any]) -> int | None:
     """The most tokens the call may write: its max_tokens, in the provider's words."""
     config = body.get("generationConfig", {})
@@ -142,12 +162,21 @@ def max_out(body: dict[str, Any]) -> int | None:
     return next((int(n) for n in found if n is not None), None)
 
 
+def _input_bound(req: Request) -> int:
+    """An upper bound of the call's input tokens. A token is at least one byte of text, and
+    each message adds a few tokens of framing (role, separators); structured parameters
+    (tools, schemas) are read by the model too, so their JSON counts in full."""
+    texts = [*([req.system] if req.system else []), *(m.get("content") for m in req.messages)]
+    size = sum(len(t.encode()) if isinstance(t, str) else len(json.dumps(t)) for t in texts)
+    read = [value for value in req.params.values() if isinstance(value, (dict, list))]
+    return size + FRAMING * len(texts) + (len(json.dumps(read)) if read else 0)
+
+
 def _reserve(req: Request, body: dict[str, Any]) -> Any:
     budgets = _budgets.get()
     if not budgets:
         return None
-    # the request's size in bytes bounds its input tokens: a token is at least one byte
-    tokens_in, tokens_out = len(json.dumps(body).encode()), max_out(body)
+    tokens_in, tokens_out = _input_bound(req), max_out(body)
     usd = cost(req.provider, req.model, Usage(tokens_in, tokens_out or 0))
     if tokens_out is None and (usd != 0.0 or any(cap.tokens is not None for cap in budgets)):
         raise ConfigError("under a budget, pass max_tokens=... so that ember can bound the call")
@@ -191,4 +220,4 @@ def record(call: Call, error: BaseException | None = None) -> None:
             tracker._add(call, error)
             key = f"{call.request.provider}/{call.request.model}"
             tracker.by_model.setdefault(key, Tracker())._add(call, error)
-    _log.write(call, error, next((t.tag for t in reversed(active) if t.tag), None))
+    _log.write(call, error, active_tag())
