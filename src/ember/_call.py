@@ -167,12 +167,12 @@ class Models:
         req = request(model, [{"role": "user", "content": text} for text in texts], **params)
         url, headers, body = provider.encode_embed(req)
         with _spend.spending(req, {**body, "max_tokens": 0}) as call:  # an embedding writes none
-            async with _pace.turn(call, body):
+            async with _pace.turn(call, body):  # ends once the usage is known, for its tpm
                 data = await provider.post(call, url, headers, body)
-            vectors, usage = provider.decode_embed(data)
-            estimate = sum((len(text.encode()) + 3) // 4 for text in texts)
-            call.response = _response(call, "", usage or Usage(estimate), data)
-            call.response.vectors = vectors
+                vectors, usage = provider.decode_embed(data)
+                estimate = sum((len(text.encode()) + 3) // 4 for text in texts)
+                call.response = _response(call, "", usage or Usage(estimate), data)
+                call.response.vectors = vectors
         return call.response
 
     def instance(self, model: str, **defaults: Any) -> Model:
