@@ -2,6 +2,8 @@
 
 A request flows one way: request() checks it; send() reserves budget, sends it through
 the provider module and the transport, decodes the answer and records what it cost.
+models.embed takes the same steps, with the texts as the Request's user messages and the
+provider's encode_embed/decode_embed (openai and google have them).
 """
 
 

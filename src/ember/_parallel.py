@@ -1,4 +1,4 @@
-"""Many calls at once: `gather` and `parallel`, and `vote` over their answers.
+"""Many calls at once: `gather`, `parallel`, `batch` (and `@batch`), `vote` over answers.
 
 Results come back in input order. A failed item never throws away the others: every
 item runs to its end, then one PartialFailure carries every finished result and each
@@ -11,6 +11,8 @@ when stderr is a terminal; `progress=True/False` forces it.
 `batch(fn, items, size=32)` calls a function that takes a list with consecutive lists of
 `size` items, under the same rules (a failed batch fails each of its items). `@batch(size=,
 wait_ms=)` groups concurrent single-item calls of an async function into calls of a list.
+Left out: `@batch` on a sync function (its callers would block a thread each while they
+wait for company), and splitting a group by anything but its count (tokens, bytes).
 """
 
 import contextlib
