@@ -22,8 +22,8 @@ from ember.errors import ConfigError, EmberError, MissingKey, UnknownModel
 def test_exported_names_are_pinned():
     assert sorted(ember.__all__) == [
         "Budget", "MemoryStore", "Model", "Response", "SQLiteStore", "Stream", "Tracker",
-        "Usage", "aparallel", "budget", "cache", "errors", "gather", "limit", "models",
-        "parallel", "retry", "track", "usage", "vote"]
+        "Usage", "abatch", "aparallel", "batch", "budget", "cache", "errors", "gather", "limit",
+        "models", "parallel", "retry", "track", "usage", "vote"]
     assert sorted(ember.errors.__all__) == [
         "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
         "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]

@@ -2,6 +2,8 @@
 
 A request flows one way: request() checks it; send() reserves budget, sends it through
 the provider module and the transport, decodes the answer and records what it cost.
+models.embed takes the same steps, with the texts as the Request's user messages and the
+provider's encode_embed/decode_embed (openai and google have them).
 """
 
 
@@ -13,6 +15,7 @@ from . import _cache, _pace, _spend, providers
 from ._loop import iterate, run
 from ._prices import cost
 from ._types import Call, Request, Response, Usage
+from .errors import ConfigError
 
 __all__ = ["Model", "Stream", "models"]
 
@@ -144,6 +147,35 @@ class Models:
         return Stream(request(model, prompt, stream=True, **params))
 
     astream = stream
+
+    def embed(self, model: str, texts: list[str], **params: Any) -> Response:
+        """Embed `texts` in one request: a Response whose `.vectors` are in the order of
+        `texts`, with usage and cost (its `.text` is empty). openai and OpenAI-compatible
+        servers (`/embeddings`) and google (`batchEmbedContents`) embed; other params go to
+        the provider as they are (dimensions=..., taskType=...). A call like any other:
+        budget, pacing, track and the usage log see it; it writes no tokens, so it needs no
+        max_tokens under a budget. When the provider reports no token count (Gemini's
+        batchEmbedContents may not), the input is estimated at a token per 4 bytes of each
+        text, rounded up. Not cached by cache=: put @cache on a function of your own.
+        For many texts, see batch() and @batch."""
+        return run(self.aembed(model, texts, **params))
+
+    async def aembed(self, model: str, texts: list[str], **params: Any) -> Response:
+        if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"texts must be a non-empty list of strings, not {texts!r:.60}")
+        provider = providers.module(providers.resolve(model)[0])
+        if not hasattr(provider, "encode_embed") or params.get("cache"):
+            raise ConfigError("models.embed takes openai, ollama or google models, and no cache=")
+        req = request(model, [{"role": "user", "content": text} for text in texts], **params)
+        url, headers, body = provider.encode_embed(req)
+        with _spend.spending(req, {**body, "max_tokens": 0}) as call:  # an embedding writes none
+            async with _pace.turn(call, body):  # ends once the usage is known, for its tpm
+                data = await provider.post(call, url, headers, body)
+                vectors, usage = provider.decode_embed(data)
+                estimate = sum((len(text.encode()) + 3) // 4 for text in texts)
+                call.response = _response(call, "", usage or Usage(estimate), data)
+                call.response.vectors = vectors
+        return call.response
 
     def instance(self, model: str, **defaults: Any) -> Model:
         return Model(model, **defaults)

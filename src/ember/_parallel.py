@@ -1,4 +1,4 @@
-"""Many calls at once: `gather` and `parallel`, and `vote` over their answers.
+"""Many calls at once: `gather`, `parallel`, `batch` (and `@batch`), `vote` over answers.
 
 Results come back in input order. A failed item never throws away the others: every
 item runs to its end, then one PartialFailure carries every finished result and each
@@ -8,9 +8,16 @@ loop, sync ones on worker threads, under the same `concurrency` bound. parallel 
 progress bar on stderr (tqdm: done/total, rate, failures, cost so far), by default only
 when stderr is a terminal; `progress=True/False` forces it.
 
+`batch(fn, items, size=32)` calls a function that takes a list with consecutive lists of
+`size` items, under the same rules (a failed batch fails each of its items). `@batch(size=,
+wait_ms=)` groups concurrent single-item calls of an async function into calls of a list.
+Left out: `@batch` on a sync function (its callers would block a thread each while they
+wait for company), and splitting a group by anything but its count (tokens, bytes).
 """
 
+import contextlib
 import contextvars
+import functools
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,7 +27,7 @@ from ._loop import run
 from ._spend import Tracker, active_tag
 from .errors import ConfigError, PartialFailure
 
-__all__ = ["aparallel", "gather", "parallel", "vote"]
+__all__ = ["abatch", "aparallel", "batch", "gather", "parallel", "vote"]
 
 
 async def _each(fn: Callable[[Any], Awaitable[Any]], items: list[Any], concurrency: int | None,
@@ -105,6 +112,111 @@ def parallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int | 
     """`[fn(item) for item in items]`, `concurrency` calls at a time (None: all at once),
     results in order."""
     return run(aparallel(fn, items, concurrency, progress, errors))
+
+
+def _checked(fn: Callable[..., Any], size: int, out: Any) -> Any:
+    """What `fn` gave for a batch of `size` items: its list of results or its exception as they
+    are, else a TypeError to put in their place (a batch function returns one result per item).
+    """
+    if isinstance(out, Exception) or (isinstance(out, (list, tuple)) and len(out) == size):
+        return out
+    got = f"{len(out)} results" if isinstance(out, (list, tuple)) else f"a {type(out).__name__}"
+    return TypeError(f"{getattr(fn, '__qualname__', fn)} returned {got} for a batch of {size} "
+                     "items: a batch function returns a list with one result per item")
+
+
+def _check(size: int, wait_ms: float, errors: str) -> None:
+    if not (size >= 1 and wait_ms >= 0 and errors in ("raise", "return")):
+        raise ConfigError(f"batch() takes size >= 1, wait_ms >= 0 and errors='raise' or 'return'"
+                          f", not size={size!r}, wait_ms={wait_ms!r}, errors={errors!r}")
+
+
+async def abatch(fn: Callable[[list[Any]], Any], items: Iterable[Any], size: int = 32,
+                 concurrency: int = 16, progress: bool | None = None,
+                 errors: str = "raise") -> list[Any]:
+    """Async twin of batch(fn, items)."""
+    _check(size, 0, errors)
+    items = list(items)
+    chunks = [items[start:start + size] for start in range(0, len(items), size)]
+    outs = await aparallel(fn, chunks, concurrency, progress, errors="return")
+    results: list[Any] = []
+    for chunk, out in zip(chunks, outs, strict=True):
+        out = _checked(fn, len(chunk), out)  # a failed batch fails each of its items
+        results += out if isinstance(out, (list, tuple)) else [out] * len(chunk)
+    failures = {index: out for index, out in enumerate(results) if isinstance(out, Exception)}
+    if failures and errors == "raise":
+        raise PartialFailure(results, failures)
+    return results
+
+
+def batch(fn: Callable[..., Any] | None = None, items: Iterable[Any] | None = None,
+          size: int = 32, *, wait_ms: float = 10, concurrency: int = 16,
+          progress: bool | None = None, errors: str = "raise") -> Any:
+    """`batch(fn, items, size=32)`: call `fn` (sync or async) with consecutive lists of at
+    most `size` items, `concurrency` lists at a time, like parallel(); `fn` returns one result
+    per item. Returns the flat results in input order; a failed list fails each of its items.
+
+    Without items, the decorator: `@batch(size=32, wait_ms=10)` on an async function that
+    takes a list (after `self`, on a method). Callers await it with one item each:
+    concurrent callers are grouped into one call of at most `size` items, sent when full or
+    `wait_ms` after the first. Each caller gets its own result; an exception from the call
+    goes to every caller of its group, and a result that is an exception to its caller only.
+    Groups are per event loop, and per instance on a method (a first parameter named self);
+    the call runs in the context (track, budget) of its group's first caller.
+    """
+    if items is not None and fn is not None:
+        return run(abatch(fn, items, size, concurrency, progress, errors))
+    _check(size, wait_ms, errors)
+    decorate = functools.partial(_grouping, size=size, wait_ms=wait_ms)
+    return decorate if fn is None else decorate(fn)
+
+
+def _grouping(fn: Callable[..., Any], size: int, wait_ms: float) -> Callable[..., Any]:
+    """`@batch`: single-item calls of `fn`, grouped into calls of a list (see batch)."""
+    import asyncio
+    import inspect
+
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"@batch goes on an async function that takes a list, not {fn!r}")
+    groups: dict[tuple[Any, ...], tuple[list[Any], asyncio.Event, asyncio.Task[Any]]] = {}
+
+    async def send(key: tuple[Any, ...], owner: tuple[Any, ...], items: list[Any],
+                   full: asyncio.Event) -> list[Any]:
+        """Wait until the group is full or wait_ms has passed, then one call for all of it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(full.wait(), wait_ms / 1000)
+        if not full.is_set():  # the time is up: later callers start a new group
+            del groups[key]
+        out = _checked(fn, len(items), await fn(*owner, items))
+        if isinstance(out, Exception):  # a wrong answer: each caller gets the TypeError
+            raise out
+        return list(out)
+
+    async def join(owner: tuple[Any, ...], item: Any) -> Any:
+        key = (asyncio.get_running_loop(), *map(id, owner))  # its owner, held: an id not reused
+        if key not in groups:  # the first caller starts the group, in its own context
+            items: list[Any] = []
+            full = asyncio.Event()
+            groups[key] = items, full, asyncio.create_task(send(key, owner, items, full))
+        items, full, task = groups[key]
+        items.append(item)
+        index = len(items) - 1
+        if len(items) == size:
+            del groups[key]
+            full.set()
+        result = (await asyncio.shield(task))[index]  # a caller's cancellation is its own
+        if isinstance(result, Exception):  # fn's result for this item is an exception
+            raise result
+        return result
+
+    async def grouped(item: Any) -> Any:
+        return await join((), item)
+
+    async def grouped_method(self: Any, item: Any) -> Any:
+        return await join((self,), item)
+
+    method = next(iter(inspect.signature(fn).parameters), None) == "self"  # groups per instance
+    return functools.wraps(fn)(grouped_method if method else grouped)  # Python's own TypeError
 
 
 def vote(answers: Iterable[Any]) -> str:

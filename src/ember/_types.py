@@ -37,7 +37,8 @@ class Request:
 @dataclass(slots=True)
 class Response:
     """What a call returns: `text`, usage, and `cost` in USD, None when the model's price
-    is unknown. (`cached` marks an answer that cost nothing because it was stored.)"""
+    is unknown. (`cached` marks an answer that cost nothing because it was stored;
+    `vectors`, one per text in order, is set by models.embed and empty otherwise.)"""
 
     text: str
     model: str
@@ -47,6 +48,7 @@ class Response:
     latency: float
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     cached: bool = False
+    vectors: list[list[float]] = field(default_factory=list, repr=False)
 
     def __str__(self) -> str:
         return self.text

@@ -5,7 +5,7 @@
     │   ├── MissingKey          no API key: names the variable to set and the parameter to pass
     │   └── UnknownModel        no such model or provider: suggests the closest known names
     ├── BudgetExceeded          refused before sending: the call could cross a budget's cap
-    ├── PartialFailure          some items of gather or parallel failed (an ExceptionGroup):
+    ├── PartialFailure          some items of gather, parallel or batch failed (an ExceptionGroup):
     │                           .results keeps every finished result, .failures {index: error}
     └── ProviderError           the provider refused or failed, after retries:
         │                       .provider, .status (None without an HTTP answer), .message

@@ -2,7 +2,8 @@
 
 Each provider module turns a Request into its wire format (`encode`) and its answers
 back into text and usage (`decode`, `decode_event`), and names its transport (`post`,
-`events`). Nothing outside the module knows a provider's shape.
+`events`); one that embeds also has `encode_embed` and `decode_embed` (vectors, usage).
+Nothing outside the module knows a provider's shape.
 """
 
 

@@ -6,7 +6,7 @@ from typing import Any
 from .._http import events, post
 from .._types import Request, Usage
 
-__all__ = ["decode", "decode_event", "encode", "events", "post"]
+__all__ = ["decode", "decode_embed", "decode_event", "encode", "encode_embed", "events", "post"]
 
 CONFIG = {"temperature": "temperature", "max_tokens": "maxOutputTokens", "top_p": "topP",
           "top_k": "topK", "stop": "stopSequences", "seed": "seed"}
@@ -46,3 +46,18 @@ def decode(data: dict[str, Any]) -> tuple[str, Usage]:
     text, usage = decode_event(data)
     return text, usage or Usage()
 
+
+def encode_embed(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """`batchEmbedContents`: one EmbedContentRequest per text (the request's messages);
+    other params (taskType, outputDimensionality...) go into each of them."""
+    model = f"models/{req.model}"
+    requests = [{"model": model, "content": {"parts": [{"text": m["content"]}]}, **req.params}
+                for m in req.messages]
+    headers = {"x-goog-api-key": req.api_key or ""}
+    return f"{req.base_url}/v1beta/{model}:batchEmbedContents", headers, {"requests": requests}
+
+
+def decode_embed(data: dict[str, Any]) -> tuple[list[list[float]], Usage | None]:
+    """The vectors, in input order; usage only if the answer has the optional usageMetadata."""
+    tokens = (data.get("usageMetadata") or {}).get("promptTokenCount")
+    return [item["values"] for item in data["embeddings"]], Usage(tokens) if tokens else None
