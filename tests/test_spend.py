@@ -383,8 +383,9 @@ def test_ember_usage_reports_by_model_tag_and_day(openai_srv: OpenAIServer):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["model"] == [{"model": GPT, "calls": 3, "cached": 1, "tokens in": 1000,
-                                "tokens out": 500, "cost $": pytest.approx(0.00045, abs=1e-6),
-                                "errors": 1}]
+                                "tokens out": 500, "cache read": 0, "cache write": 0,
+                                "cost $": pytest.approx(0.00045, abs=1e-6), "errors": 1,
+                                "usage unknown": 0}]
     assert [(row["tag"], row["calls"]) for row in report["tag"]] == [("-", 1), ("batch", 2)]
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     assert [(row["day"], row["calls"]) for row in report["day"]] == [(today, 3)]
