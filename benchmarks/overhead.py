@@ -67,7 +67,7 @@ def main() -> None:
         async def decoded() -> str:  # + decode() (text and Usage)
             provider = providers.module(req.provider)
             u, h, body = provider.encode(req)
-            text, _ = provider.decode(await _http.post(req, u, h, body))
+            text, *_ = provider.decode(await _http.post(req, u, h, body))
             return text
 
         async def send() -> str:  # + Response and its timing: _call.send on a ready Request

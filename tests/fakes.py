@@ -52,6 +52,27 @@ Gemini (base ``url``; paths ``/v1beta/models/{model}:{method}``)
     is left out here, so use ``Fault(body=...)``. batchEmbedContents returns
     ``{embeddings: [{values}]}``.
 Plain int faults add no ``retry-after``. Recorded header names are lower-cased.
+
+Usage, finish reasons, quota (checked against openai-python, anthropic-sdk-python and
+googleapis/python-genai types, Aug 2026, and the issues named):
+  * OpenAI ``usage`` has ``prompt_tokens_details.cached_tokens`` (included in prompt_tokens) and
+    ``completion_tokens_details.reasoning_tokens`` (included in completion_tokens). A refusal
+    is ``message.refusal`` (``delta.refusal`` in a stream) with content null and finish_reason
+    "stop"; finish reasons are stop, length, tool_calls, content_filter, function_call.
+    Reasoning models (o1, o3, o4, gpt-5) answer 400 ``unsupported_parameter`` to ``max_tokens``.
+    An exhausted quota is a 429 ``insufficient_quota`` (QUOTA_EXHAUSTED). llama-cpp-python's
+    server ignores ``stream_options``: its streams carry no usage (``stream_usage = False``).
+  * Anthropic ``usage.input_tokens`` leaves out ``cache_read_input_tokens`` and
+    ``cache_creation_input_tokens``; message_delta's usage is cumulative. stop_reason is
+    end_turn, max_tokens, stop_sequence, tool_use, pause_turn, refusal or
+    model_context_window_exceeded.
+  * Gemini ``usageMetadata.promptTokenCount`` includes ``cachedContentTokenCount``;
+    ``candidatesTokenCount`` leaves out ``thoughtsTokenCount``. A candidate stopped for SAFETY
+    (and the like) has no ``content``; a blocked prompt gets no candidates and
+    ``promptFeedback.blockReason``. A 429 RESOURCE_EXHAUSTED carries a RetryInfo ``retryDelay``
+    such as "22s" in ``error.details`` (Roo-Code #8012; ``gemini_retry_body``).
+Set ``cached = (read, write)``, ``reasoning`` (both parts of ``usage``) and ``finish`` (the
+provider's own reason) on any server to answer with them.
 """
 
 from __future__ import annotations
@@ -76,6 +97,7 @@ from typing import Any
 from aiohttp import web
 
 __all__ = [
+    "QUOTA_EXHAUSTED",
     "AnthropicServer",
     "FakeProvider",
     "Fault",
@@ -83,6 +105,7 @@ __all__ = [
     "OpenAIServer",
     "Recorded",
     "anthropic_server",
+    "gemini_retry_body",
     "gemini_server",
     "openai_server",
 ]
@@ -122,6 +145,9 @@ class FakeProvider:
 
     name = "fake"
     _frames_before_error = 1  # a "stream-error" sends this many frames, then the error event
+    cached: tuple[int, int] = (0, 0)  # of usage's input tokens: read from, written to the cache
+    reasoning = 0  # of usage's output tokens: spent on reasoning
+    finish: str | None = None  # the provider's own stop reason, in place of its normal one
 
     def __init__(
         self,
@@ -464,9 +490,63 @@ _NO_KEY = (
 )
 
 
+_UNSUPPORTED = (
+    "Unsupported parameter: 'max_tokens' is not supported with this model. "
+    "Use 'max_completion_tokens' instead."
+)
+QUOTA_EXHAUSTED = {  # OpenAI's 429 when the account has no credit left
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details. "
+        "For more information on this error, read the docs: "
+        "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
+
+
+def gemini_retry_body(delay: str) -> dict[str, Any]:
+    """Gemini's 429 RESOURCE_EXHAUSTED, with its wait in a RetryInfo detail (e.g. "22s")."""
+    return {
+        "error": {
+            "code": 429,
+            "message": "You exceeded your current quota, please check your plan and billing "
+            "details. For more information on this error, head to: "
+            "https://ai.google.dev/gemini-api/docs/rate-limits.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": "generativelanguage.googleapis.com/"
+                            "generate_content_free_tier_requests",
+                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                            "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                            "quotaValue": "10",
+                        }
+                    ],
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": [
+                        {
+                            "description": "Learn more about Gemini API quotas",
+                            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+            ],
+        }
+    }
+
+
 class OpenAIServer(FakeProvider):
     name = "openai"
     _frames_before_error = 2  # the role chunk and the first text chunk
+    stream_usage = True  # False: ignore stream_options, as llama-cpp-python's server does
 
     @property
     def base_url(self) -> str:
@@ -524,11 +604,13 @@ class OpenAIServer(FakeProvider):
             )
         if not body.get("model"):
             return "you must provide a model parameter"
+        if kind == "chat" and "max_tokens" in body and re.match(r"o\d|gpt-5", body["model"]):
+            return _UNSUPPORTED
         need = "messages" if kind == "chat" else "input"
         return None if need in body else f"Missing required parameter: '{need}'."
 
     def _answer(self, kind: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        model, (i, o) = body["model"], self.usage
+        model, i = body["model"], self.usage[0]
         if kind == "embed":
             raw = body["input"]
             items = (
@@ -547,6 +629,9 @@ class OpenAIServer(FakeProvider):
                 "model": model,
                 "usage": {"prompt_tokens": i, "total_tokens": i},
             }
+        message = {"role": "assistant", "content": self.reply_text, "refusal": None}
+        if self.finish == "refusal":  # not a finish reason: the refusal replaces the content
+            message.update(content=None, refusal=self.reply_text)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -556,17 +641,35 @@ class OpenAIServer(FakeProvider):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": self.reply_text, "refusal": None},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": self._finish_reason(),
                 }
             ],
-            "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
+            "usage": self._usage(),
+        }
+
+    def _finish_reason(self) -> str:
+        return "stop" if self.finish in (None, "refusal") else str(self.finish)
+
+    def _usage(self) -> dict[str, Any]:
+        (i, o), (read, _) = self.usage, self.cached
+        return {
+            "prompt_tokens": i,
+            "completion_tokens": o,
+            "total_tokens": i + o,
+            "prompt_tokens_details": {"cached_tokens": read, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": self.reasoning,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }
 
     def _chat_frames(self, model: str, body: dict[str, Any], request: web.Request) -> list[bytes]:
-        i, o = self.usage
-        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        asked = bool((body.get("stream_options") or {}).get("include_usage"))
+        with_usage = asked and self.stream_usage
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion.chunk",
@@ -584,12 +687,12 @@ class OpenAIServer(FakeProvider):
             }
             return _data(out | {"usage": None} if with_usage else out)
 
+        said = "refusal" if self.finish == "refusal" else "content"
         frames = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        frames += [chunk({"content": part}) for part in _split3(self.reply_text)]
-        frames.append(chunk({}, "stop"))
+        frames += [chunk({said: part}) for part in _split3(self.reply_text)]
+        frames.append(chunk({}, self._finish_reason()))
         if with_usage:
-            usage = {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}
-            frames.append(_data({**base, "choices": [], "usage": usage}))
+            frames.append(_data({**base, "choices": [], "usage": self._usage()}))
         return [*frames, b"data: [DONE]\n\n"]
 
     def _error_frame(self, request: web.Request) -> bytes:
@@ -597,11 +700,14 @@ class OpenAIServer(FakeProvider):
 
     def _error_body(self, status: int, message: str | None, model: str) -> dict[str, Any]:
         kind, code, default = _OPENAI_ERRORS.get(status, ("api_error", None, f"HTTP {status}"))
+        param = None
+        if message == _UNSUPPORTED:
+            param, code = "max_tokens", "unsupported_parameter"
         return {
             "error": {
                 "message": message or default.format(model=model or "gpt-4o-mini"),
                 "type": kind,
-                "param": None,
+                "param": param,
                 "code": code,
             }
         }
@@ -679,12 +785,20 @@ class AnthropicServer(FakeProvider):
             "content": content,
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": {"input_tokens": self.usage[0], "output_tokens": out_tokens},
+            "usage": {
+                "input_tokens": self.usage[0] - sum(self.cached),  # the cache is not in here
+                "cache_creation_input_tokens": self.cached[1],
+                "cache_read_input_tokens": self.cached[0],
+                "output_tokens": out_tokens,
+            },
         }
 
     def _answer(self, kind: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._message(
-            body["model"], [{"type": "text", "text": self.reply_text}], "end_turn", self.usage[1]
+            body["model"],
+            [{"type": "text", "text": self.reply_text}],
+            self.finish or "end_turn",
+            self.usage[1],
         )
 
     def _chat_frames(self, model: str, body: dict[str, Any], request: web.Request) -> list[bytes]:
@@ -718,7 +832,7 @@ class AnthropicServer(FakeProvider):
             event(
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "delta": {"stop_reason": self.finish or "end_turn", "stop_sequence": None},
                     "usage": {"output_tokens": self.usage[1]},
                 }
             ),
@@ -780,6 +894,7 @@ _GEMINI_METHODS = {
 class GeminiServer(FakeProvider):
     name = "gemini"
     _stream_error_status = 503
+    block_prompt: str | None = None  # a blockReason: the prompt is refused, with no candidates
 
     def _route(self, request: web.Request) -> tuple[str, str] | None:
         match = _GEMINI_PATH.match(request.path) if request.method == "POST" else None
@@ -833,25 +948,39 @@ class GeminiServer(FakeProvider):
         return self._chunk(model, self.reply_text, True, f"{uuid.uuid4().hex[:22]}")
 
     def _chunk(self, model: str, text: str, last: bool, rid: str) -> dict[str, Any]:
-        i, o = self.usage
+        (i, o), (read, _) = self.usage, self.cached
         candidate: dict[str, Any] = {
             "content": {"role": "model", "parts": [{"text": text}]},
             "index": 0,
         }
-        usage = {"promptTokenCount": i, "candidatesTokenCount": o, "totalTokenCount": i + o}
+        usage = {"promptTokenCount": i, "candidatesTokenCount": o - self.reasoning}
+        usage |= {"totalTokenCount": i + o, "thoughtsTokenCount": self.reasoning}
+        usage |= {"cachedContentTokenCount": read} if read else {}
+        if not self.reasoning:  # proto3 JSON leaves out zero counts
+            del usage["thoughtsTokenCount"]
         if last:
-            candidate["finishReason"] = "STOP"
+            candidate["finishReason"] = self.finish or "STOP"
+            if self.finish not in (None, "STOP", "MAX_TOKENS"):  # stopped by a filter: no content
+                del candidate["content"]
+                candidate["safetyRatings"] = [
+                    {
+                        "category": "HARM_CATEGORY_DANGEROUS_CONTENT",
+                        "probability": "HIGH",
+                        "blocked": True,
+                    }
+                ]
         else:
             usage = {"promptTokenCount": i, "totalTokenCount": i}
-        return {
-            "candidates": [candidate],
-            "usageMetadata": usage,
-            "modelVersion": model,
-            "responseId": rid,
-        }
+        answer = {"candidates": [candidate]}
+        if self.block_prompt:
+            answer = {"promptFeedback": {"blockReason": self.block_prompt}}
+            usage = {"promptTokenCount": i, "totalTokenCount": i}
+        return {**answer, "usageMetadata": usage, "modelVersion": model, "responseId": rid}
 
     def _chat_frames(self, model: str, body: dict[str, Any], request: web.Request) -> list[bytes]:
         parts, rid = _split3(self.reply_text), uuid.uuid4().hex[:22]
+        if self.block_prompt:
+            parts = [""]
         chunks = [self._chunk(model, p, n == len(parts) - 1, rid) for n, p in enumerate(parts)]
         if request.query.get("alt") == "sse":
             return [_data(c, end="\r\n\r\n") for c in chunks]

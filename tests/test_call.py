@@ -26,7 +26,7 @@ def test_exported_names_are_pinned():
         "models", "parallel", "retry", "track", "usage", "vote"]
     assert sorted(ember.errors.__all__) == [
         "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-        "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
+        "ProviderError", "ProviderTimeout", "RateLimited", "Refused", "UnknownModel"]
 
 
 async def test_sync_and_async_give_the_same_response(openai_srv: OpenAIServer):
@@ -63,7 +63,7 @@ def test_instance_binds_settings_and_a_call_can_override_them(openai_srv: OpenAI
 async def test_instance_async_twin(openai_srv: OpenAIServer):
     gpt = models.instance("gpt-4o-mini", max_tokens=5)
     r = await gpt.acall("Hi")
-    assert r.text == "Hello from fake" and openai_srv.requests[0].json["max_tokens"] == 5
+    assert r.text == "Hello from fake" and openai_srv.requests[0].json["max_completion_tokens"] == 5
 
 
 @pytest.mark.parametrize("model, variable", [

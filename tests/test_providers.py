@@ -29,7 +29,7 @@ def test_openai_call_sends_chat_completions_and_reads_text_usage_cost(openai_srv
     assert sent.path == "/v1/chat/completions"
     assert sent.headers["authorization"] == f"Bearer {KEYS['OPENAI_API_KEY']}"
     assert sent.json["messages"] == MESSAGES  # the system message first, as OpenAI takes it
-    assert sent.json["temperature"] == 0 and sent.json["max_tokens"] == 20
+    assert sent.json["temperature"] == 0 and sent.json["max_completion_tokens"] == 20
     assert sent.json["stop"] == ["\n"] and sent.json["seed"] == 7  # passed through as given
 
 

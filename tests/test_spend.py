@@ -127,7 +127,7 @@ def test_a_tokens_budget_counts_text_bytes_and_framing_plus_max_tokens(openai_sr
             models(GPT, "Hi", max_tokens=991)  # 2 bytes + 8 of framing + 991 > 1000
         assert openai_srv.requests == []
         models(GPT, "Hi", max_tokens=990)  # exactly 1000: admitted
-        assert openai_srv.requests[0].json["max_tokens"] == 990
+        assert openai_srv.requests[0].json["max_completion_tokens"] == 990
         with pytest.raises(BudgetExceeded):  # a tool's schema is input the model reads
             models(GPT, "Hi", max_tokens=10, tools=[{"type": "function", "function": {
                 "name": "f", "description": "x" * 1000}}])
@@ -388,8 +388,9 @@ def test_ember_usage_reports_by_model_tag_and_day(openai_srv: OpenAIServer):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["model"] == [{"model": GPT, "calls": 3, "cached": 1, "tokens in": 1000,
-                                "tokens out": 500, "cost $": pytest.approx(0.00045, abs=1e-6),
-                                "errors": 1}]
+                                "tokens out": 500, "cache read": 0, "cache write": 0,
+                                "cost $": pytest.approx(0.00045, abs=1e-6), "errors": 1,
+                                "usage unknown": 0}]
     assert [(row["tag"], row["calls"]) for row in report["tag"]] == [("-", 1), ("batch", 2)]
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     assert [(row["day"], row["calls"]) for row in report["day"]] == [(today, 3)]

@@ -1,7 +1,8 @@
 """The call: `models(model, prompt)`, its async twin, bound instances and streams.
 
 A request flows one way: request() checks it; send() reserves budget, sends it through
-the provider module and the transport, decodes the answer and records what it cost.
+the provider module and the transport, decodes the answer and records what it cost. An
+answer the model refused or the provider blocked raises Refused (it is billed all the same).
 models.embed takes the same steps, with the texts as the Request's user messages and the
 provider's encode_embed/decode_embed (openai and google have them).
 """
@@ -9,13 +10,14 @@ provider's encode_embed/decode_embed (openai and google have them).
 
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import astuple
 from typing import Any
 
 from . import _cache, _pace, _spend, providers
 from ._loop import iterate, run
 from ._prices import cost
-from ._types import Call, Request, Response, Usage
-from .errors import ConfigError
+from ._types import Call, Finish, Request, Response, Usage
+from .errors import ConfigError, Refused
 
 __all__ = ["Model", "Stream", "models"]
 
@@ -57,16 +59,24 @@ async def _send(req: Request) -> Response:
     with _spend.spending(req, body) as call:
         async with _pace.turn(call, body):
             data = await provider.post(call, url, headers, body)
-        text, usage = provider.decode(data)
-        call.response = _response(call, text, usage, data)
+        text, usage, end = provider.decode(data)
+        call.response = _response(call, text, usage, end, data)
+        _answered(call.response)
     return call.response
 
 
-def _response(call: Call, text: str, usage: Usage, raw: dict[str, Any]) -> Response:
+def _response(call: Call, text: str, usage: Usage | None, end: Finish | None,
+              raw: dict[str, Any]) -> Response:
     """The Response; its latency runs from the first byte sent, not from one-time imports."""
     req, latency = call.request, time.perf_counter() - call.start
+    reason, said = end or (None, None)
     return Response(text, req.model, req.provider, usage, cost(req.provider, req.model, usage),
-                    latency, raw)
+                    latency, raw, finish_reason=reason, finish_raw=said, request_id=call.request_id)
+
+
+def _answered(response: Response) -> None:
+    if response.finish_reason in ("refused", "blocked"):
+        raise Refused(response)
 
 
 class Stream:
@@ -81,22 +91,25 @@ class Stream:
         req, provider = self.request, providers.module(self.request.provider)
         url, headers, body = provider.encode(req)
         parts: list[str] = []
-        usage, last = Usage(), {}
+        usage: Usage | None = None
+        end: Finish | None = None
+        last, done = {}, False
         with _spend.spending(req, body) as call:
             async with _pace.turn(call, body):
                 try:
                     async for last in provider.events(call, url, headers, body):
-                        text, seen = provider.decode_event(last)
-                        if seen:  # providers report usage in pieces: keep the latest of each
-                            usage = Usage(seen.input_tokens or usage.input_tokens,
-                                          seen.output_tokens or usage.output_tokens)
+                        text, seen, stop = provider.decode_event(last)
+                        if seen:  # reported in pieces, each count growing: keep the largest
+                            usage = Usage(*map(max, astuple(usage or seen), astuple(seen)))
+                        end = end or stop  # the first reason said (a refusal, then a stop)
                         if text:
                             parts.append(text)
                             yield text
-                finally:  # also when the reader stops early: the provider bills it all the same
-                    self.response = call.response = _response(call, "".join(parts), usage, last)
-                    if not usage.output_tokens and call.hold:  # usage unknown: the worst case
-                        self.response.cost = call.hold[1]
+                    done = True
+                finally:  # also when the reader stops early: then the usage is unknown
+                    self.response = call.response = _response(
+                        call, "".join(parts), usage if done else None, end, last)
+            _answered(self.response)
 
     def __iter__(self) -> Iterator[str]:
         return iterate(self.__aiter__())
@@ -173,7 +186,7 @@ class Models:
                 data = await provider.post(call, url, headers, body)
                 vectors, usage = provider.decode_embed(data)
                 estimate = sum((len(text.encode()) + 3) // 4 for text in texts)
-                call.response = _response(call, "", usage or Usage(estimate), data)
+                call.response = _response(call, "", usage or Usage(estimate), None, data)
                 call.response.vectors = vectors
         return call.response
 

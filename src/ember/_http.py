@@ -3,9 +3,11 @@
 Retried, with exponential backoff and full jitter: 408, 409, 429, 5xx, connection
 errors, timeouts, and a 200 whose body is truncated or not JSON. `retry-after-ms` and
 `retry-after` are honoured with jitter added (so concurrent callers do not retry in
-lockstep) up to MAX_WAIT seconds; a provider that asks for longer is not waited for.
+lockstep) up to MAX_WAIT seconds; a provider that asks for longer is not waited for;
+Gemini's wait comes in its error body (RetryInfo's retryDelay), honoured alike.
 A timed-out attempt is retried once: a server that hangs costs two timeouts, not four.
-Not retried: every other status (400, 401, 403, 404...). aiohttp is imported on first use.
+Not retried: every other status (400, 401, 403, 404...), nor OpenAI's 429 for an exhausted
+quota (`insufficient_quota`: billing). aiohttp is imported on first use.
 """
 
 from __future__ import annotations
@@ -68,11 +70,26 @@ def _message(body: bytes | dict[str, Any]) -> str:
         return body.decode(errors="replace")[:500] if isinstance(body, bytes) else str(body)
 
 
-def _error(req: Request, status: int | None, message: str) -> ProviderError:
+def _hints(body: bytes, wait: float | None) -> tuple[bool, float | None]:
+    """From an error body: is the quota exhausted (OpenAI's insufficient_quota), and the wait
+    asked for where no header said (Gemini's RetryInfo retryDelay, "22s" or "1.5s")?"""
+    try:
+        error = json.loads(body)["error"]
+        delays = [d["retryDelay"] for d in error.get("details", []) if "retryDelay" in d]
+        wait = float(delays[0].removesuffix("s")) if delays and wait is None else wait
+        return "insufficient_quota" in (error.get("code"), error.get("type")), wait
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return False, wait
+
+
+def _error(req: Request, status: int | None, message: str, request_id: str | None = None,
+           quota: bool = False) -> ProviderError:
     if req.api_key:
         message = message.replace(req.api_key, "***")
-    kind = RateLimited if status in (429, 529) else ProviderError
-    return kind(req.provider, status, message)
+    if quota:  # a billing matter, not a rate: RateLimited would invite waiting it out
+        message = f"quota exhausted: check billing: {message}"
+    kind = RateLimited if status in (429, 529) and not quota else ProviderError
+    return kind(req.provider, status, message, request_id)
 
 
 async def _close_with_loop(session: aiohttp.ClientSession) -> AsyncIterator[None]:
@@ -113,11 +130,14 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
         try:
             resp = await session.post(url, json=body, headers=headers, timeout=timeout)
             wait = _retry_after(resp.headers)
+            call.request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
+            if resp.status != 200:
+                quota, wait = _hints(answer := await resp.read(), wait)
             learn(req, resp.status, resp.headers, wait)
             if resp.status == 200:
                 return resp if stream else json.loads(await resp.read())
-            error = _error(req, resp.status, _message(await resp.read()))
-            retriable = resp.status in (408, 409, 429) or resp.status >= 500
+            error = _error(req, resp.status, _message(answer), call.request_id, quota)
+            retriable = not quota and (resp.status in (408, 409, 429) or resp.status >= 500)
             if not retriable or (wait is not None and wait > MAX_WAIT):
                 raise error
         except TimeoutError:
@@ -152,11 +172,12 @@ async def events(call: Call, url: str, headers: dict[str, str], body: Json) -> A
                     return
                 data = json.loads(payload)
                 if "error" in data:  # an error event, in each provider's shape
-                    raise _error(req, None, _message(data))
+                    raise _error(req, None, _message(data), call.request_id)
                 yield data
     except TimeoutError:
         raise ProviderTimeout(req.provider, None, f"stream stalled for {req.timeout}s") from None
     except (aiohttp.ClientError, ValueError) as exc:
-        raise _error(req, None, f"stream broke: {type(exc).__name__}: {exc}") from None
+        raise _error(req, None, f"stream broke: {type(exc).__name__}: {exc}",
+                     call.request_id) from None
     finally:
         resp.release()

@@ -3,12 +3,13 @@
 On by default; `EMBER_LOG=0` turns it off. Prompts and answers are stored only with
 `EMBER_LOG_PROMPTS=1`. A background thread writes the rows in batches, so logging never
 slows or fails a call; a log that cannot be written warns once. The schema changes only
-by appending to MIGRATIONS.
+by appending to MIGRATIONS. Tokens and cost are NULL for a call whose usage is unknown.
 """
 
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -17,7 +18,7 @@ import time
 import warnings
 from typing import Any
 
-from ._types import Call
+from ._types import Call, Usage
 
 __all__ = ["LOG", "MIGRATIONS", "flush", "write"]
 
@@ -25,7 +26,9 @@ LOG = "usage.sqlite"
 MIGRATIONS = [("001_calls", "CREATE TABLE calls (time REAL, provider TEXT, model TEXT, tag TEXT, "
                              "input_tokens INT, output_tokens INT, cost REAL, latency REAL, "
                              "cached INT, retries INT, error TEXT, prompt TEXT, response TEXT)"),
-              ("002_calls_time_index", "CREATE INDEX calls_time ON calls (time)")]
+              ("002_calls_time_index", "CREATE INDEX calls_time ON calls (time)"),
+              ("003_calls_cache_tokens", "ALTER TABLE calls ADD COLUMN cache_read_tokens INT; "
+                                         "ALTER TABLE calls ADD COLUMN cache_write_tokens INT")]
 _rows: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
 _writer: list[threading.Thread] = []
 BATCH = 0.05  # seconds the writer lets rows gather before it writes them
@@ -41,10 +44,12 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
     if os.environ.get("EMBER_LOG_PROMPTS") == "1":
         system = [{"role": "system", "content": req.system}] if req.system else []
         prompt, answer = json.dumps(system + req.messages), r and r.text
-    numbers = (r.usage.input_tokens, r.usage.output_tokens, r.cost, r.latency, r.cached) if r \
-        else (0, 0, 0.0, None, False)  # a failed call is not billed
+    usage = r.usage if r else Usage()  # a failed call is not billed
+    tokens = dataclasses.astuple(usage) if usage else (None,) * 4  # None: unknown
+    numbers = (r.cost, r.latency, r.cached) if r else (0.0, None, False)
     _rows.put((os.environ.get("EMBER_HOME", ""), (time.time(), req.provider, req.model, tag,
-               *numbers, call.retries, error and type(error).__name__, prompt, answer)))
+               *tokens[:2], *numbers, call.retries, error and type(error).__name__, prompt,
+               answer, *tokens[2:])))
     with _start:  # the first row starts the writer
         if not _writer:
             _writer.append(threading.Thread(target=_write, name="ember-log", daemon=True))
@@ -75,7 +80,7 @@ def _write() -> None:
                         db.close()
                     current, db = folder, connect(home(folder) / LOG, MIGRATIONS)
                 db.execute("BEGIN")
-                db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 13)})", rows)
+                db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 15)})", rows)
                 db.execute("COMMIT")
             except Exception as problem:  # never fail a call for its log row
                 db = None

@@ -106,7 +106,7 @@ async def turn(call: Call, body: dict[str, Any]) -> AsyncIterator[None]:
                 gate = each.busy.setdefault(loop, asyncio.Semaphore(each.concurrency))
                 await held.enter_async_context(gate)
         yield
-    if call.response is not None and tokens:  # correct the estimate by the actual usage
+    if call.response is not None and call.response.usage and tokens:  # correct the estimate
         used = call.response.usage.input_tokens + call.response.usage.output_tokens
         for each in limits:
             each.next -= 60 * (tokens - used) / each.tpm if each.tpm else 0.0

@@ -2,10 +2,13 @@
 
 A model's price is looked up once; flat per-token prices are then applied in about a
 microsecond, tiered or dated ones through genai-prices itself. A model whose price is
-unknown costs None, never a silent 0, with one warning per model.
+unknown costs None, never a silent 0, with one warning per model; so does a call whose
+usage is unknown. Cache reads and writes are priced at the model's cache prices, or at its
+input price where it has none (as genai-prices does).
 """
 
 
+import dataclasses
 import datetime
 import functools
 import warnings
@@ -17,7 +20,7 @@ from ._types import Usage
 __all__ = ["cost", "known_models"]
 
 FREE = {"local", "ollama"}  # runs on the user's own machine
-Pricer = Callable[[int, int], float]
+Pricer = Callable[[Usage], float]
 
 
 @functools.cache
@@ -35,26 +38,30 @@ def _pricer(provider: str, model: str) -> Pricer | None:
                       stacklevel=4)
         return None
     rates: list[Any] = []
-    if isinstance(info.prices, ModelPrice):  # else a list of prices, each under a condition
-        rates = [info.prices.input_mtok or 0, info.prices.output_mtok or 0]
+    if isinstance(price := info.prices, ModelPrice):  # else prices, each under a condition
+        uncached = price.input_mtok or 0
+        rates = [uncached, price.output_mtok or 0, price.cache_read_mtok or uncached,
+                 price.cache_write_mtok or uncached]
     if rates and all(isinstance(rate, (int, Decimal)) for rate in rates):
-        per_in, per_out = (float(rate) / 1e6 for rate in rates)
-        return lambda tokens_in, tokens_out: tokens_in * per_in + tokens_out * per_out
+        per_in, per_out, per_read, per_write = (float(rate) / 1e6 for rate in rates)
+        return lambda u: ((u.input_tokens - u.cache_read_tokens - u.cache_write_tokens) * per_in
+                          + u.output_tokens * per_out + u.cache_read_tokens * per_read
+                          + u.cache_write_tokens * per_write)
 
-    def tiered(tokens_in: int, tokens_out: int) -> float:
-        usage = PriceUsage(input_tokens=tokens_in, output_tokens=tokens_out)
+    def tiered(u: Usage) -> float:
+        usage = PriceUsage(**dataclasses.asdict(u))  # the same names
         now = datetime.datetime.now(datetime.UTC)
         return float(info.calc_price(usage, found, genai_request_timestamp=now).total_price)
 
     return tiered
 
 
-def cost(provider: str, model: str, usage: Usage) -> float | None:
-    """USD for `usage` on `model`, or None when the price is unknown."""
+def cost(provider: str, model: str, usage: Usage | None) -> float | None:
+    """USD for `usage` on `model`, or None when the usage or the price is unknown."""
     if provider in FREE:
         return 0.0
     pricer = _pricer(provider, model)
-    return None if pricer is None else pricer(usage.input_tokens, usage.output_tokens)
+    return None if pricer is None or usage is None else pricer(usage)
 
 
 @functools.cache

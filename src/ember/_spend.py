@@ -5,8 +5,10 @@ tasks do not mix), in the process-wide `usage()`, and in the usage log (see _log
 
 A budget reserves each call's worst case before it is sent: an upper bound of its input
 tokens (the bytes of its text, as a token is at least one byte, plus a few tokens of
-framing per message) plus its max_tokens, at the model's price. A call whose reservation
-would cross a cap is refused, unsent.
+framing per message), all priced as cache writes (the dearest input), plus its max_tokens
+(which bound the reasoning tokens too), at the model's price. A call whose reservation
+would cross a cap is refused, unsent. A call whose usage stays unknown (a stream without
+usage) is charged that worst case.
 """
 
 from __future__ import annotations
@@ -55,15 +57,18 @@ class _Scope:
 
 class Tracker(_Scope):
     """`with track() as t:` (or `async with`): the usage of the calls made inside, in this
-    task and the tasks it starts: t.calls, t.input_tokens, t.output_tokens, t.cost, t.cached,
-    t.saved, t.retries, t.errors, t.percentile(95), t.by_model. `tag` labels the log rows."""
+    task and the tasks it starts: t.calls, t.input_tokens, t.output_tokens (cache reads and
+    writes: t.cache_read_tokens, t.cache_write_tokens; see Usage), t.cost, t.unknown (calls
+    of unknown usage or price, not in t.cost), t.cached, t.saved, t.retries, t.errors,
+    t.percentile(95), t.by_model. `tag` labels the log rows."""
 
     _var = _trackers
 
     def __init__(self, tag: str | None = None) -> None:
         self.tag = tag
         self.calls = self.input_tokens = self.output_tokens = 0
-        self.cached = self.retries = self.errors = self.unpriced = 0
+        self.cache_read_tokens = self.cache_write_tokens = 0
+        self.cached = self.retries = self.errors = self.unknown = 0
         self.cost = self.saved = 0.0
         self.latencies: list[float] = []
         self.by_model: dict[str, Tracker] = _ByModel()
@@ -80,10 +85,13 @@ class Tracker(_Scope):
             self.cached += 1
             self.saved += cost(r.provider, r.model, r.usage) or 0.0
             return
-        self.input_tokens += r.usage.input_tokens
-        self.output_tokens += r.usage.output_tokens
+        usage = r.usage or Usage()  # unknown: counted in .unknown instead
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cache_read_tokens += usage.cache_read_tokens
+        self.cache_write_tokens += usage.cache_write_tokens
         self.cost += r.cost or 0.0
-        self.unpriced += r.cost is None
+        self.unknown += r.cost is None
 
     def percentile(self, q: float) -> float:
         """Latency (seconds) below which q percent of the calls finished."""
@@ -91,8 +99,9 @@ class Tracker(_Scope):
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
 
     def __repr__(self) -> str:
-        unknown = f" (+{self.unpriced} calls of unknown price)" if self.unpriced else ""
-        return (f"Tracker(calls={self.calls}, tokens={self.input_tokens}+{self.output_tokens}, "
+        unknown = f" (+{self.unknown} calls of unknown cost)" if self.unknown else ""
+        return (f"Tracker(calls={self.calls}, tokens={self.input_tokens}+{self.output_tokens} "
+                f"(cache read {self.cache_read_tokens}, write {self.cache_write_tokens}), "
                 f"cost=${self.cost:.6f}{unknown}, cached={self.cached}, saved=${self.saved:.6f}, "
                 f"retries={self.retries}, errors={self.errors}, "
                 f"p50={self.percentile(50):.3f}s, p95={self.percentile(95):.3f}s)")
@@ -177,7 +186,7 @@ def _reserve(req: Request, body: dict[str, Any]) -> Any:
     if not budgets:
         return None
     tokens_in, tokens_out = _input_bound(req), max_out(body)
-    usd = cost(req.provider, req.model, Usage(tokens_in, tokens_out or 0))
+    usd = cost(req.provider, req.model, Usage(tokens_in, tokens_out or 0, 0, tokens_in))
     if tokens_out is None and (usd != 0.0 or any(cap.tokens is not None for cap in budgets)):
         raise ConfigError("under a budget, pass max_tokens=... so that ember can bound the call")
     tokens = tokens_in + (tokens_out or 0)
@@ -212,9 +221,10 @@ def record(call: Call, error: BaseException | None = None) -> None:
             for cap in budgets:
                 cap.reserved -= usd
                 cap.tokens_reserved -= tokens
-                if r is not None and not r.cached:
-                    cap.spent += r.cost or 0.0
-                    cap.tokens_used += r.usage.input_tokens + r.usage.output_tokens
+                if r is not None and not r.cached:  # usage unknown: the worst case reserved
+                    u = r.usage
+                    cap.spent += usd if u is None else r.cost or 0.0
+                    cap.tokens_used += tokens if u is None else u.input_tokens + u.output_tokens
         active = _trackers.get()
         for tracker in (_process, *active):
             tracker._add(call, error)

@@ -4,17 +4,35 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Call", "Json", "Request", "Response", "Usage"]
+__all__ = ["Call", "Finish", "Json", "Request", "Response", "Usage", "finish"]
 
 Json = dict[str, Any]  # a decoded JSON object: a request body or an answer
+Finish = tuple[str, str]  # why an answer ended: (ember's word for it, the provider's own)
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens of one call, as the provider counted them."""
+    """Tokens of one call, as the provider counted and billed them, the same for every provider.
+
+    `input_tokens` counts every input token, cached or not (OpenAI's prompt_tokens, Gemini's
+    promptTokenCount; for Anthropic, its input_tokens plus its cache reads and writes).
+    `cache_read_tokens` and `cache_write_tokens` are the parts of them read from and written
+    to the provider's prompt cache, each billed at its own price (a 1-hour Anthropic cache
+    write is priced as a 5-minute one). `output_tokens` counts every output token billed,
+    reasoning ("thinking") tokens included.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+def finish(said: str | None, words: dict[str, str]) -> Finish | None:
+    """Why an answer ended, from the provider's reason and its table of ember's words: "stop",
+    "length" (max_tokens reached), "tool_calls", "refused" (by the model), "blocked" (by the
+    provider's filters); "other" for a reason not in the table."""
+    return (words.get(said, "other"), said) if said else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +54,27 @@ class Request:
 
 @dataclass(slots=True)
 class Response:
-    """What a call returns: `text`, usage, and `cost` in USD, None when the model's price
-    is unknown. (`cached` marks an answer that cost nothing because it was stored;
-    `vectors`, one per text in order, is set by models.embed and empty otherwise.)"""
+    """What a call returns: `text`, `usage` (None when the provider did not report it, as
+    some servers do not in a stream), and `cost` in USD (None when the usage or the model's
+    price is unknown). `cached` marks an answer that cost nothing because it was stored.
+    `finish_reason` says why it ended, in the same words for every provider (see `finish`;
+    None if the provider did not say), `finish_raw` in the provider's own; `request_id` is
+    the provider's id of the request (OpenAI's x-request-id, Anthropic's request-id; Gemini
+    sends none), for support tickets. `vectors`, one per text in order, is set by
+    models.embed and empty otherwise."""
 
     text: str
     model: str
     provider: str
-    usage: Usage
+    usage: Usage | None
     cost: float | None
     latency: float
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     cached: bool = False
     vectors: list[list[float]] = field(default_factory=list, repr=False)
+    finish_reason: str | None = None
+    finish_raw: str | None = None
+    request_id: str | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -56,8 +82,9 @@ class Response:
     def __repr__(self) -> str:
         short = self.text if len(self.text) <= 60 else self.text[:57] + "..."
         cost = "unknown" if self.cost is None else f"${self.cost:.6f}"
+        tokens = f"{u.input_tokens}+{u.output_tokens}" if (u := self.usage) else "unknown"
         return (f"Response({short!r}, model='{self.provider}/{self.model}', "
-                f"tokens={self.usage.input_tokens}+{self.usage.output_tokens}, cost={cost}, "
+                f"tokens={tokens}, cost={cost}, "
                 f"latency={self.latency:.3f}s{', cached' if self.cached else ''})")
 
 
@@ -71,3 +98,4 @@ class Call:
     hold: Any = None  # the budget reservation, if any
     start: float = 0.0  # time.perf_counter() when the first attempt was sent
     waited: float = 0.0  # seconds spent waiting for a turn under pacing (see _pace)
+    request_id: str | None = None  # the provider's id of the request, from its answer's headers

@@ -22,7 +22,8 @@ __all__ = ["main"]
 
 DEMO_MODEL = "local/smollm2"
 DEMO_PROMPTS = ["demo_prompt.txt", "demo_prompt_2.txt", "demo_prompt_3.txt"]  # few-shot
-USAGE_COLUMNS = ["calls", "cached", "tokens in", "tokens out", "cost $", "errors"]
+USAGE_COLUMNS = ["calls", "cached", "tokens in", "tokens out", "cache read", "cache write",
+                 "cost $", "errors", "usage unknown"]
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -75,8 +76,8 @@ def ask(prompt: str, model: str) -> int:
     print()
     if r := stream.response:
         cost = "unknown" if r.cost is None else f"${r.cost:.6f}"
-        print(f"tokens {r.usage.input_tokens} in + {r.usage.output_tokens} out  cost {cost}  "
-              f"latency {r.latency:.2f}s", file=sys.stderr)
+        tokens = f"{u.input_tokens} in + {u.output_tokens} out" if (u := r.usage) else "unknown"
+        print(f"tokens {tokens}  cost {cost}  latency {r.latency:.2f}s", file=sys.stderr)
     return 0
 
 
@@ -87,10 +88,12 @@ def usage(since: str, as_json: bool) -> int:
     cutoff = time.time() - int(since[:-1]) * (86400 if since[-1] == "d" else 3600)
     groups = {"model": "provider || '/' || model", "tag": "coalesce(tag, '-')",
               "day": "date(time, 'unixepoch')"}
+    tokens = ", ".join(f"sum({kind}_tokens * (1 - cached))"
+                       for kind in ("input", "output", "cache_read", "cache_write"))
     with connect(home() / LOG, MIGRATIONS) as db:  # cached calls used no tokens
         tables = {name: db.execute(
-            f"SELECT {group}, count(*), sum(cached), sum(input_tokens * (1 - cached)), "
-            "sum(output_tokens * (1 - cached)), sum(cost), count(error) FROM calls "
+            f"SELECT {group}, count(*), sum(cached), {tokens}, sum(cost), count(error), "
+            "count(*) - count(output_tokens) FROM calls "
             "WHERE time >= ? GROUP BY 1 ORDER BY 1", (cutoff,)).fetchall()
             for name, group in groups.items()}
     if as_json:

@@ -7,10 +7,13 @@
     ├── BudgetExceeded          refused before sending: the call could cross a budget's cap
     ├── PartialFailure          some items of gather, parallel or batch failed (an ExceptionGroup):
     │                           .results keeps every finished result, .failures {index: error}
-    └── ProviderError           the provider refused or failed, after retries:
-        │                       .provider, .status (None without an HTTP answer), .message
-        ├── RateLimited         429 (or an overloaded 529) still there after retries
-        └── ProviderTimeout     no answer within `timeout` seconds (also a TimeoutError)
+    └── ProviderError           the provider refused or failed, after retries: .provider,
+        │                       .status (None without an HTTP answer), .message, .request_id
+        ├── RateLimited         429 (or an overloaded 529) still there after retries (not a
+        │                       429 for an exhausted quota: a billing matter, never retried)
+        ├── ProviderTimeout     no answer within `timeout` seconds (also a TimeoutError)
+        └── Refused             the model refused, or the provider's filters blocked, the
+                                answer: .response (billed, finish_reason "refused"/"blocked")
 
 A mistake in the user's own code (a wrong argument to a decorated function, say) is never
 wrapped: it stays Python's own error. No message ever contains an API key.
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-           "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
+           "ProviderError", "ProviderTimeout", "RateLimited", "Refused", "UnknownModel"]
 
 
 class EmberError(Exception):
@@ -66,12 +69,16 @@ class PartialFailure(EmberError, ExceptionGroup):
 
 
 class ProviderError(EmberError):
-    """A provider answered with an error, or could not be reached, after retries."""
+    """A provider answered with an error, or could not be reached, after retries. The
+    provider's id of the request, if it gave one, is in the message and in `.request_id`."""
 
-    def __init__(self, provider: str, status: int | None, message: str) -> None:
+    def __init__(self, provider: str, status: int | None, message: str,
+                 request_id: str | None = None) -> None:
         where = f"{provider} returned HTTP {status}" if status else f"{provider} failed"
-        super().__init__(f"{where}: {message}")
+        ticket = f" (request id {request_id})" if request_id else ""
+        super().__init__(f"{where}: {message}{ticket}")
         self.provider, self.status, self.message = provider, status, message
+        self.request_id = request_id
 
 
 class RateLimited(ProviderError):
@@ -80,3 +87,15 @@ class RateLimited(ProviderError):
 
 class ProviderTimeout(ProviderError, TimeoutError):
     """The provider did not answer within the timeout, after every retry."""
+
+
+class Refused(ProviderError):
+    """The model refused to answer, or the provider's filters blocked the prompt or the
+    answer. `.response` is the Response (billed all the same), whose finish_reason is
+    "refused" or "blocked" and whose finish_raw is the provider's own reason."""
+
+    def __init__(self, response: Any) -> None:
+        said = f": {response.text[:200]!r}" if response.text else ""
+        super().__init__(response.provider, None, f"the answer was {response.finish_reason} "
+                         f"({response.finish_raw}){said}", response.request_id)
+        self.response = response

@@ -1,9 +1,10 @@
 """Which provider serves a model string, where it lives, and which key it needs.
 
 Each provider module turns a Request into its wire format (`encode`) and its answers
-back into text and usage (`decode`, `decode_event`), and names its transport (`post`,
-`events`); one that embeds also has `encode_embed` and `decode_embed` (vectors, usage).
-Nothing outside the module knows a provider's shape.
+back into text, usage (None if unreported) and why the answer ended (`decode`,
+`decode_event`, see _types.finish), and names its transport (`post`, `events`); one that
+embeds also has `encode_embed` and `decode_embed` (vectors, usage). Nothing outside the
+module knows a provider's shape.
 """
 
 

@@ -4,12 +4,14 @@
 from typing import Any
 
 from .._http import events, post
-from .._types import Request, Usage
+from .._types import Finish, Request, Usage, finish
 
 __all__ = ["decode", "decode_event", "encode", "events", "post"]
 
 VERSION = "2023-06-01"
 MAX_TOKENS = 4096  # the API requires max_tokens; this default fits every current model
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",  # pause_turn: other
+          "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "refused"}
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -26,20 +28,25 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
 
 
 def _usage(usage: dict[str, Any] | None) -> Usage | None:
+    """Anthropic's input_tokens leave out the cache reads and writes: ember's count them."""
     if not usage:
         return None
-    return Usage(usage.get("input_tokens") or 0, usage.get("output_tokens") or 0)
+    read, write = (usage.get(f"cache_{kind}_input_tokens") or 0 for kind in ("read", "creation"))
+    return Usage((usage.get("input_tokens") or 0) + read + write, usage.get("output_tokens") or 0,
+                 read, write)
 
 
-def decode(data: dict[str, Any]) -> tuple[str, Usage]:
+def decode(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
     text = "".join(block.get("text", "") for block in data["content"] if block["type"] == "text")
-    return text, _usage(data.get("usage")) or Usage()
+    return text, _usage(data.get("usage")), finish(data.get("stop_reason"), FINISH)
 
 
-def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None]:
+def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
     kind = data.get("type")
     if kind == "content_block_delta":
-        return data["delta"].get("text", ""), None
+        return data["delta"].get("text", ""), None, None
     if kind == "message_start":
-        return "", _usage(data["message"].get("usage"))
-    return "", _usage(data.get("usage")) if kind == "message_delta" else None
+        return "", _usage(data["message"].get("usage")), None
+    if kind == "message_delta":  # the usage so far (output_tokens at least) and the stop reason
+        return "", _usage(data.get("usage")), finish(data["delta"].get("stop_reason"), FINISH)
+    return "", None, None

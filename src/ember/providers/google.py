@@ -4,12 +4,15 @@
 from typing import Any
 
 from .._http import events, post
-from .._types import Request, Usage
+from .._types import Finish, Request, Usage, finish
 
 __all__ = ["decode", "decode_embed", "decode_event", "encode", "encode_embed", "events", "post"]
 
 CONFIG = {"temperature": "temperature", "max_tokens": "maxOutputTokens", "top_p": "topP",
           "top_k": "topK", "stop": "stopSequences", "seed": "seed"}
+BLOCKED = ("SAFETY RECITATION LANGUAGE OTHER BLOCKLIST PROHIBITED_CONTENT SPII IMAGE_SAFETY "
+           "IMAGE_PROHIBITED_CONTENT IMAGE_RECITATION IMAGE_OTHER NO_IMAGE")  # the answer is cut
+FINISH = {"STOP": "stop", "MAX_TOKENS": "length", **dict.fromkeys(BLOCKED.split(), "blocked")}
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -30,21 +33,28 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     return f"{url}:{action}", headers, body
 
 
-def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None]:
+def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
     candidate = (data.get("candidates") or [{}])[0]
     parts = candidate.get("content", {}).get("parts", [])
     text = "".join(part.get("text", "") for part in parts if not part.get("thought"))
     meta = data.get("usageMetadata")
     usage = None
-    if meta:
+    if meta:  # promptTokenCount includes the cached tokens; candidates leave out the thoughts
         output = (meta.get("candidatesTokenCount") or 0) + (meta.get("thoughtsTokenCount") or 0)
-        usage = Usage(meta.get("promptTokenCount") or 0, output)
-    return text, usage
+        usage = Usage(meta.get("promptTokenCount") or 0, output,
+                      meta.get("cachedContentTokenCount") or 0)
+    blocked = (data.get("promptFeedback") or {}).get("blockReason")  # no candidates then
+    return text, usage, ("blocked", blocked) if blocked else finish(
+        candidate.get("finishReason"), FINISH)
 
 
-def decode(data: dict[str, Any]) -> tuple[str, Usage]:
-    text, usage = decode_event(data)
-    return text, usage or Usage()
+def decode(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
+    """An answer; one whose candidate has no content, for no reason or a STOP, was blocked
+    (a MAX_TOKENS with none means the thinking used the whole max_tokens)."""
+    text, usage, end = decode_event(data)
+    if "content" not in (data.get("candidates") or [{}])[0] and end in (None, ("stop", "STOP")):
+        end = ("blocked", end[1] if end else "")
+    return text, usage, end
 
 
 def encode_embed(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:

@@ -17,10 +17,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .._types import Call, Json, Request, Usage
+from .._types import Call, Json, Request
 from ..errors import ConfigError, ProviderError
 from . import openai
-from .openai import usage
+from .openai import decode, decode_event
 
 __all__ = ["decode", "decode_event", "encode", "events", "post"]
 
@@ -80,17 +80,3 @@ async def events(call: Call, url: str, headers: dict[str, str], body: Json) -> A
     while (chunk := await chunks.get()) is not None:
         yield chunk
     await done  # raises the model's error, if any
-
-
-def _text(choice: dict[str, Any]) -> str:
-    """Text of a chat choice, a chat delta, or a plain completion."""
-    said = choice.get("message") or choice.get("delta") or {}
-    return str(choice.get("text") or said.get("content") or "")
-
-
-def decode(data: dict[str, Any]) -> tuple[str, Usage]:
-    return _text(data["choices"][0]), usage(data) or Usage()
-
-
-def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None]:
-    return _text((data.get("choices") or [{}])[0]), usage(data)

@@ -1,13 +1,23 @@
-"""OpenAI Chat Completions, and every server that speaks it (Ollama, vLLM, llama.cpp...)."""
+"""OpenAI Chat Completions, and every server that speaks it (Ollama, vLLM, llama.cpp...).
+
+`max_tokens` is sent as `max_completion_tokens`, which every current OpenAI chat model takes
+(its reasoning models refuse `max_tokens`) and so do vLLM and llama.cpp's server; Ollama
+knows only `max_tokens`, so the `ollama` provider sends that (the embedded model's llama.cpp
+takes either). A refusal comes in the message's `refusal` field, not as a finish reason:
+it is reported as the reason "refusal".
+"""
 
 
 from typing import Any
 
 from .._http import events, post
-from .._types import Request, Usage
+from .._types import Finish, Request, Usage, finish
 
 __all__ = ["decode", "decode_embed", "decode_event", "encode", "encode_embed", "events",
            "messages", "post", "usage"]
+
+FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
+          "function_call": "tool_calls", "content_filter": "blocked", "refusal": "refused"}
 
 
 def messages(req: Request) -> list[dict[str, Any]]:
@@ -22,6 +32,8 @@ def _headers(req: Request) -> dict[str, str]:
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     body = {"model": req.model, "messages": messages(req), **req.params}
+    if req.provider == "openai" and "max_tokens" in body:
+        body["max_completion_tokens"] = body.pop("max_tokens")
     if req.stream:
         body.update(stream=True, stream_options={"include_usage": True})
     return f"{req.base_url}/chat/completions", _headers(req), body
@@ -38,17 +50,22 @@ def usage(data: dict[str, Any]) -> Usage | None:
     usage = data.get("usage")
     if not usage:
         return None
-    return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    cache = usage.get("prompt_tokens_details") or {}  # prompt_tokens includes these
+    return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0,
+                 cache.get("cached_tokens") or 0, cache.get("cache_write_tokens") or 0)
 
 
-def decode(data: dict[str, Any]) -> tuple[str, Usage]:
-    text = data["choices"][0]["message"].get("content") or ""
-    return text, usage(data) or Usage()
+def decode(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
+    """Text, usage and why it ended, of an answer or of one streamed chunk: a chat message
+    or delta, or a plain completion (llama.cpp's); a `refusal` is the model's refusal."""
+    choice = (data.get("choices") or [{}])[0]
+    said = choice.get("message") or choice.get("delta") or {}
+    text = choice.get("text") or said.get("content") or said.get("refusal") or ""
+    reason = "refusal" if said.get("refusal") else choice.get("finish_reason")
+    return str(text), usage(data), finish(reason, FINISH)
 
 
-def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None]:
-    choices = data.get("choices") or [{}]
-    return choices[0].get("delta", {}).get("content") or "", usage(data)
+decode_event = decode
 
 
 def decode_embed(data: dict[str, Any]) -> tuple[list[list[float]], Usage | None]:
