@@ -458,8 +458,8 @@ async def test_a_bad_argument_or_a_wrong_call_is_a_clear_type_error() -> None:
     async def apair(a: int, b: int) -> tuple[int, int]:
         return a, b
 
-    with pytest.raises(TypeError, match=r"@cache on .*pair\(\) keys plain data only.*'object'"):
-        pair(object(), 1)
+    with pytest.raises(TypeError, match=r"@cache on .*pair\(\): an argument cannot be pickled"):
+        pair(threading.Lock(), 1)
     with pytest.raises(TypeError, match=r"pair\(\) missing 1 required positional argument: 'b'"):
         pair(1)
     with pytest.raises(TypeError, match=r"pair\(\) takes 2 positional arguments but 3"):

@@ -4,7 +4,8 @@ Nothing is cached unless asked. A model call's key is a hash of the whole reques
 would be sent (provider, URL with base and model, every message and parameter), never
 its credentials; a hit is a Response with cached=True and cost 0, recorded as saved in
 `track()`, `usage()` and the usage log, and never charged to a budget. A function's key is
-its qualified name and its arguments in canonical JSON (plain data only: not `self`).
+its qualified name and its arguments as pickled (a value that cannot be pickled, such as
+a method's `self` holding a connection, is a TypeError).
 
 Identical calls in flight at once share one call, across the threads and event loops of
 the process: the first runs it, the others wait for its result (an error is shared, never
@@ -236,26 +237,13 @@ async def through(req: Request, send: Callable[[Request], Awaitable[Response]]) 
     return response
 
 
-def _plain(value: Any) -> Any:
-    """`value` as JSON that keeps types apart (a tuple is not a list, {1: x} is not {"1": x},
-    dicts in any order are equal); a TypeError for anything that is not plain data."""
-    if value is None or isinstance(value, (str, int, float)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [type(value).__name__, *map(_plain, value)]
-    if isinstance(value, dict):
-        pairs = ([_plain(name), _plain(item)] for name, item in value.items())
-        return ["dict", *sorted(pairs, key=json.dumps)]
-    raise TypeError(f"keys plain data only (str, number, bool, None, list, tuple, dict), "
-                    f"not {type(value).__name__!r}")
-
-
 def _key(fn: Callable[..., Any], signature: inspect.Signature, args: tuple[Any, ...],
          kwargs: dict[str, Any]) -> str | None:
-    """The function's qualified name and its arguments in canonical JSON; None when the
-    arguments do not fit the signature. (Two functions with one qualified name, made by one
-    factory, share entries: name them apart.)"""
+    """The function's qualified name and its arguments, as pickled (equal values spell one
+    key however they are passed); None when the arguments do not fit the signature. (Two
+    functions with one qualified name, made by one factory, share entries: name them apart.)"""
     import hashlib
+    import pickle
 
     try:
         bound = signature.bind(*args, **kwargs)
@@ -263,10 +251,11 @@ def _key(fn: Callable[..., Any], signature: inspect.Signature, args: tuple[Any, 
         return None
     bound.apply_defaults()
     try:
-        plain = json.dumps([_plain(value) for value in bound.arguments.values()])
-    except TypeError as problem:
-        raise TypeError(f"@cache on {fn.__qualname__}() {problem}") from None
-    return f"fn:{fn.__module__}.{fn.__qualname__}:{hashlib.sha256(plain.encode()).hexdigest()}"
+        digest = hashlib.sha256(pickle.dumps(list(bound.arguments.values()), 4)).hexdigest()
+    except Exception as problem:  # e.g. a lock, a connection, a lambda
+        raise TypeError(f"@cache on {fn.__qualname__}(): an argument cannot be pickled, so it "
+                        f"cannot be part of the key ({problem})") from None
+    return f"fn:{fn.__module__}.{fn.__qualname__}:{digest}"
 
 
 def cache(ttl: float | None = None, store: Any = None) -> Callable[[Callable[..., T]],
