@@ -2,47 +2,83 @@
 
 Nothing is cached unless asked. A model call's key is a hash of the whole request as it
 would be sent (provider, URL with base and model, every message and parameter), never
-its credentials; a hit is a Response with cached=True and cost 0. A function's key is its
-qualified name and its arguments in canonical JSON. Concurrent identical async calls share
-one upstream call (errors are shared, never cached). A store that is corrupt, locked or
-unwritable warns once and the call goes on uncached: never a crash, never a wrong answer.
+its credentials; a hit is a Response with cached=True and cost 0, recorded as saved in
+`track()`, `usage()` and the usage log, and never charged to a budget. A function's key is
+its qualified name and its arguments as pickled (a value that cannot be pickled, such as
+a method's `self` holding a connection, is a TypeError).
 
-A store is any object with get(key) -> bytes | None, set(key, value, ttl), clear() -> int
-and stats() -> dict; values are pickled. Default: SQLiteStore() in the ember home folder.
+Identical calls in flight at once share one call, across the threads and event loops of
+the process: the first runs it, the others wait for its result (an error is shared, never
+stored). The shared call runs in a task of its own, so one caller's cancellation is its
+own; when the event loop it runs in ends first, the callers waiting in other loops retry.
+
+A store is any object with get(key) -> bytes | None, set(key, value, ttl),
+clear(older_than=None) -> int and stats() -> dict; values are pickled. A store that fails
+(corrupt, locked, unwritable) warns once and calls go on uncached: never a crash, never a
+wrong answer. Left out: a size limit and eviction (expired entries stay until
+`ember cache clear`), and stores shared by machines (Redis).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import functools
-import hashlib
 import inspect
 import json
-import pickle
-import sqlite3
+import os
 import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from ._sqlite import connect, home
-from ._types import Request, Response
+from . import _spend
+from ._types import Call, Request, Response
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import sqlite3
+    from concurrent.futures import Future
 
 __all__ = ["MemoryStore", "SQLiteStore", "cache", "store_for", "through"]
 
 T = TypeVar("T")
 _MISS = object()
-_inflight: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Any]] = {}
+_inflight: dict[tuple[int, str], Future[Any]] = {}  # (id(store), key): the call under way
+_lock = threading.Lock()
+_warned: set[int] = set()  # id() of the stores that have warned
+
+
+class MemoryStore:
+    """Entries in this process's memory; gone when it ends."""
+
+    def __init__(self, ttl: float | None = None) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[bytes, float, float]] = {}  # value, expires, created
+
+    def get(self, key: str) -> bytes | None:
+        value, expires, _ = self._entries.get(key, (None, 0.0, 0.0))
+        return value if expires > time.time() else None
+
+    def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._entries[key] = (value, time.time() + (ttl or float("inf")), time.time())
+
+    def clear(self, older_than: float | None = None) -> int:
+        cutoff = time.time() - (older_than or 0)
+        old = [key for key, entry in list(self._entries.items()) if entry[2] <= cutoff]
+        for key in old:
+            self._entries.pop(key, None)
+        return len(old)
+
+    def stats(self) -> dict[str, Any]:
+        values = [entry[0] for entry in list(self._entries.values())]
+        return {"entries": len(values), "bytes": sum(map(len, values)), "path": "memory"}
 
 
 class SQLiteStore:
     """Entries in a SQLite file (default: cache.sqlite in the ember home folder), shared by
-    every process that opens it; WAL mode, owner-only, each write committed on its own."""
+    every process that opens it: WAL mode, owner-only, each write committed on its own."""
 
     MIGRATIONS: ClassVar = [("001_cache", "CREATE TABLE cache (key TEXT PRIMARY KEY, "
                                           "value BLOB, expires REAL, created REAL)")]
@@ -50,57 +86,42 @@ class SQLiteStore:
     def __init__(self, path: str | Path | None = None, ttl: float | None = None) -> None:
         self.path, self.ttl = path, ttl
         self._db: sqlite3.Connection | None = None
-        self._opened: Path | str | None = None
         self._lock = threading.Lock()
-        self._warned = False
 
     def _run(self, sql: str, *args: Any) -> list[Any]:
-        """Run one statement. A store that fails (corrupt, locked, unwritable) warns once
-        and acts as if it were empty."""
-        try:
-            with self._lock:
-                path = self.path or home() / "cache.sqlite"  # follows EMBER_HOME
-                if self._db is None or self._opened != path:
-                    self._db, self._opened = connect(path, self.MIGRATIONS), path
-                return self._db.execute(sql, args).fetchall()
-        except (sqlite3.Error, OSError) as problem:
-            if not self._warned:
-                self._warned = True
-                warnings.warn(f"ember: cache at {path} failed ({problem}); calls go uncached",
-                              stacklevel=2)
-            return []
+        with self._lock:
+            if self._db is None:
+                from ._sqlite import connect, home  # sqlite3 on first use
+
+                self.path = self.path or home() / "cache.sqlite"
+                self._db = connect(self.path, self.MIGRATIONS)
+            return self._db.execute(sql, args).fetchall()
 
     def get(self, key: str) -> bytes | None:
-        rows = self._run("SELECT value FROM cache WHERE key = ? AND (expires IS NULL OR "
-                         "expires > ?)", key, time.time())
+        rows = self._run("SELECT value FROM cache WHERE key = ? AND expires > ?", key, time.time())
         return bytes(rows[0][0]) if rows else None
 
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
-        expires = time.time() + ttl if ttl else None
-        self._run("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)", key, value, expires,
-                  time.time())
+        self._run("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)", key, value,
+                  time.time() + (ttl or float("inf")), time.time())
 
-    def clear(self) -> int:
-        return len(self._run("DELETE FROM cache RETURNING 1"))
+    def clear(self, older_than: float | None = None) -> int:
+        """Remove every entry, or those written more than `older_than` seconds ago, and the
+        expired ones: how many were removed."""
+        return len(self._run("DELETE FROM cache WHERE created <= ? OR expires <= ? RETURNING 1",
+                             time.time() - (older_than or 0), time.time()))
 
     def stats(self) -> dict[str, Any]:
-        rows = self._run("SELECT count(*), coalesce(sum(length(value)), 0) FROM cache")
-        entries, size = rows[0] if rows else (0, 0)
-        return {"entries": entries, "bytes": size, "path": str(self._opened)}
+        [(entries, size)] = self._run("SELECT count(*), total(length(value)) FROM cache")
+        return {"entries": entries, "bytes": int(size), "path": str(self.path)}
 
-
-class MemoryStore(SQLiteStore):
-    """Entries in this process's memory (an in-memory SQLite database); gone when it ends."""
-
-    def __init__(self, ttl: float | None = None) -> None:
-        super().__init__(":memory:", ttl)
-
-
-_default = SQLiteStore()
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path) if self.path else None!r})"
 
 
 @functools.cache
-def _default_for(ttl: float) -> SQLiteStore:
+def _default(home: str | None, ttl: float | None) -> SQLiteStore:
+    """The default store of one ember home folder ($EMBER_HOME when the call was made)."""
     return SQLiteStore(ttl=ttl)
 
 
@@ -111,124 +132,166 @@ def store_for(cache: Any, stream: bool = False) -> Any:
         return None
     if stream:
         raise ConfigError("a stream is never cached: drop cache=, or call without streaming")
-    if cache is True:
-        return _default
-    if isinstance(cache, (int, float)) and cache > 0:
-        return _default_for(float(cache))
+    if cache is True or (isinstance(cache, (int, float)) and cache > 0):
+        return _default(os.environ.get("EMBER_HOME"), None if cache is True else float(cache))
     if all(hasattr(cache, name) for name in ("get", "set", "clear", "stats")):
         return cache
-    raise ConfigError(f"cache= takes True, False or a store such as MemoryStore(), not {cache!r}")
+    raise ConfigError("cache= takes True, a number of seconds to keep entries, or a store such "
+                      f"as MemoryStore(), not {cache!r}")
+
+
+def _failed(store: Any, problem: Exception) -> None:
+    if id(store) not in _warned:
+        _warned.add(id(store))
+        warnings.warn(f"ember: cache {store!r} failed ({problem}); calls go uncached",
+                      stacklevel=4)
 
 
 def _lookup(store: Any, key: str) -> Any:
-    found = store.get(key)
+    import pickle
+
     try:
+        found = store.get(key)
         return _MISS if found is None else pickle.loads(found)
-    except (pickle.PickleError, EOFError, AttributeError, ImportError):  # stale or damaged
+    except Exception as problem:  # a broken store, or an entry an older program wrote
+        _failed(store, problem)
         return _MISS
 
 
 def _save(store: Any, key: str, value: Any, ttl: float | None) -> None:
-    with contextlib.suppress(pickle.PickleError, TypeError, AttributeError):  # unpicklable
+    import pickle
+
+    try:
         store.set(key, pickle.dumps(value), ttl)
+    except Exception as problem:  # a broken store, or a value that cannot be pickled
+        _failed(store, problem)
+
+
+def _claim(store: Any, key: str) -> tuple[Future[Any], bool]:
+    """The Future of this key's value, and whether this caller must produce it: when an
+    identical call is under way, its Future; when one ended since the caller looked, done."""
+    from concurrent.futures import Future
+
+    with _lock:
+        if (slot := (id(store), key)) in _inflight:
+            return _inflight[slot], False
+        future = _inflight[slot] = Future()
+    found = _lookup(store, key)
+    if found is not _MISS:
+        _finish(store, key, future, lambda: found)
+    return future, found is _MISS
+
+
+def _finish(store: Any, key: str, future: Future[Any], outcome: Callable[[], Any],
+            ttl: float | None = None, save: bool = False) -> None:
+    """Store the outcome's value if asked (an error, never), free the key, wake the callers."""
+    try:
+        value, error = outcome(), None
+    except BaseException as caught:  # an error, or the shared task cancelled with its loop
+        value, error = None, caught
+    if save and error is None:
+        _save(store, key, value, ttl)
+    with _lock:
+        del _inflight[id(store), key]
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
 
 
 async def _shared(store: Any, key: str, ttl: float | None,
                   produce: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-    """(value, True) from the store or from an identical call under way; else produce it.
-    The upstream call runs in a task of its own, so one caller's cancellation is its own."""
+    """(value, True) from the store or from an identical call under way; else produce it."""
+    import asyncio
+
     found = _lookup(store, key)
     if found is not _MISS:
         return found, True
-    slot = (asyncio.get_running_loop(), key)
-    task, joined = _inflight.get(slot), slot in _inflight
-    if task is None:
-        task = _inflight[slot] = asyncio.ensure_future(produce())
-        task.add_done_callback(lambda done: _settle(store, key, ttl, slot, done))
-    return await asyncio.shield(task), joined
-
-
-def _settle(store: Any, key: str, ttl: float | None, slot: Any, done: asyncio.Future[Any]) -> None:
-    del _inflight[slot]
-    if not done.cancelled() and done.exception() is None:  # errors are shared, never stored
-        _save(store, key, done.result(), ttl)
+    future, owner = _claim(store, key)
+    if owner:  # a task of its own: a caller's cancellation is its own
+        task = asyncio.ensure_future(produce())
+        task.add_done_callback(lambda done: _finish(store, key, future, done.result, ttl, True))
+    try:
+        return await asyncio.shield(asyncio.wrap_future(future)), not owner
+    except asyncio.CancelledError:
+        if owner or not future.done():  # this caller's own cancellation
+            raise
+    return await _shared(store, key, ttl, produce)  # the shared call's event loop ended
 
 
 async def through(req: Request, send: Callable[[Request], Awaitable[Response]]) -> Response:
-    """A model call through its store: a hit costs nothing and says so."""
+    """A model call through its store: a hit costs nothing, says so and is recorded as saved."""
+    import hashlib
+
     from . import providers
 
     url, _, body = providers.module(req.provider).encode(req)
-    key = "models:" + hashlib.sha256(
-        json.dumps([req.provider, url, body], sort_keys=True, default=str).encode()
-    ).hexdigest()
-    start = time.perf_counter()
-    ttl = getattr(req.cache, "ttl", None)
-    response, hit = await _shared(req.cache, key, ttl, lambda: send(req))
-    if not hit:
-        return response
-    return dataclasses.replace(response, cached=True, cost=0.0,
-                               latency=time.perf_counter() - start)
+    wire = json.dumps([req.provider, url, body], sort_keys=True, default=str)
+    key, start = "models:" + hashlib.sha256(wire.encode()).hexdigest(), time.perf_counter()
+    response, hit = await _shared(req.cache, key, getattr(req.cache, "ttl", None),
+                                  lambda: send(req))
+    if hit:
+        response = dataclasses.replace(response, cached=True, cost=0.0,
+                                       latency=time.perf_counter() - start)
+        _spend.record(Call(req, response=response))
+    return response
 
 
-def _plain(value: Any) -> Any:
-    """`value` as JSON that keeps types apart (a tuple is not a list, {1: x} is not {"1": x},
-    dicts in any order are equal); a TypeError for anything that is not plain data."""
-    if value is None or isinstance(value, (str, int, float)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [type(value).__name__, *map(_plain, value)]
-    if isinstance(value, dict):
-        pairs = ([_plain(name), _plain(item)] for name, item in value.items())
-        return ["dict", *sorted(pairs, key=json.dumps)]
-    raise TypeError(type(value).__name__)
+def _key(fn: Callable[..., Any], signature: inspect.Signature, args: tuple[Any, ...],
+         kwargs: dict[str, Any]) -> str | None:
+    """The function's qualified name and its arguments, as pickled (equal values spell one
+    key however they are passed); None when the arguments do not fit the signature. (Two
+    functions with one qualified name, made by one factory, share entries: name them apart.)"""
+    import hashlib
+    import pickle
 
-
-def _key(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """The function's qualified name and its arguments in canonical JSON. (Two functions
-    with one qualified name, made by one factory, share entries: name them apart.)"""
     try:
-        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
     except TypeError:
-        fn(*args, **kwargs)  # let Python raise its own error, with the function's name
-        raise
+        return None
     bound.apply_defaults()
-    parts = []
-    for name, value in bound.arguments.items():
-        try:
-            parts.append(json.dumps(_plain(value)))
-        except (TypeError, ValueError) as kind:
-            raise TypeError(
-                f"@cache cannot key argument {name!r} of {fn.__qualname__}(): a {kind} is not "
-                "plain data (str, number, bool, None, list, tuple, dict)") from None
-    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    try:
+        digest = hashlib.sha256(pickle.dumps(list(bound.arguments.values()), 4)).hexdigest()
+    except Exception as problem:  # e.g. a lock, a connection, a lambda
+        raise TypeError(f"@cache on {fn.__qualname__}(): an argument cannot be pickled, so it "
+                        f"cannot be part of the key ({problem})") from None
     return f"fn:{fn.__module__}.{fn.__qualname__}:{digest}"
 
 
 def cache(ttl: float | None = None, store: Any = None) -> Callable[[Callable[..., T]],
                                                                   Callable[..., T]]:
-    """Cache a sync or async function's results by its arguments (`ttl` in seconds).
-    The default store is SQLite in the ember home folder; `store=MemoryStore()` keeps
-    results in memory only."""
+    """Cache a sync or async function's results by its arguments, for `ttl` seconds (None:
+    the store's own ttl, else until cleared). The default store is SQLite in the ember home
+    folder; `store=` takes another, such as MemoryStore()."""
+    if not (ttl is None or (isinstance(ttl, (int, float)) and ttl > 0)):
+        raise ConfigError(f"cache(ttl=) takes a number of seconds or None, not {ttl!r} (write "
+                          "@cache() with its parentheses)")
     chosen = store_for(True if store is None else store)
     ttl = ttl if ttl is not None else getattr(chosen, "ttl", None)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def cached_async(*args: Any, **kwargs: Any) -> Any:
-                key = _key(fn, args, kwargs)
+                key = _key(fn, signature, args, kwargs)
+                if key is None:  # Python's own TypeError, naming the function
+                    return await fn(*args, **kwargs)
                 value, _ = await _shared(chosen, key, ttl, lambda: fn(*args, **kwargs))
                 return value
             return cached_async
 
         @functools.wraps(fn)
         def cached(*args: Any, **kwargs: Any) -> Any:
-            key = _key(fn, args, kwargs)
+            key = _key(fn, signature, args, kwargs)
+            if key is None:  # Python's own TypeError, naming the function
+                return fn(*args, **kwargs)
             found = _lookup(chosen, key)
             if found is _MISS:
-                found = fn(*args, **kwargs)
-                _save(chosen, key, found, ttl)
+                future, owner = _claim(chosen, key)
+                if owner:
+                    _finish(chosen, key, future, lambda: fn(*args, **kwargs), ttl, True)
+                found = future.result()
             return found
         return cached
 

@@ -146,8 +146,9 @@ class Models:
     `model` is 'provider/model' or a well-known bare name (gpt-*, o1/o3/o4*, chatgpt-*,
     claude-*, gemini-*); `prompt` a string or a list of {'role', 'content'} messages.
     Common params: system, temperature, max_tokens, stop. ember's own: api_key, base_url,
-    timeout (seconds of silence per attempt, default 30) and retries (default 3). Every
-    other parameter goes to the provider as it is.
+    timeout (seconds of silence per attempt, default 30), retries (default 3) and cache
+    (True, seconds to keep, or a store; off by default). Every other parameter goes to the
+    provider as it is.
     """
 
     def __call__(self, model: str, prompt: Prompt, **params: Any) -> Response:

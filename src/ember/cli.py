@@ -1,5 +1,5 @@
 """The `ember` command: `ember "prompt" -m MODEL`, `ember demo`, `ember usage`,
-`ember models`."""
+`ember models`, `ember cache stats|clear`."""
 
 import argparse
 import json
@@ -37,7 +37,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 def _classify(job: tuple[str, str]) -> str:
     prompt, text = job
     answer = models(DEMO_MODEL, prompt.format(text=text), raw=True, max_tokens=2, temperature=0,
-                    stop=["\n"])
+                    stop=["\n"], cache=True)
     word = (answer.text.strip().lower().split() or [""])[0]
     return "positive" if word.startswith("pos") else "negative" if word.startswith("neg") else "?"
 
@@ -65,6 +65,8 @@ def demo() -> int:
              m.percentile(95)] for name, m in [*t.by_model.items(), ("total", t)]]
     print(f"\nwall {time.perf_counter() - start:.2f}s\n\n" + _table(
         ["model", "calls", "tokens in", "tokens out", "cost $", "p50 s", "p95 s"], rows))
+    print(f"\n{t.cached} of {t.calls} calls served from the cache, ${t.saved:.6f} saved "
+          "(`ember cache clear` to start afresh)")
     return 0
 
 
@@ -81,11 +83,15 @@ def ask(prompt: str, model: str) -> int:
     return 0
 
 
+def _seconds(age: str, option: str) -> int:
+    if not age[:-1].isdigit() or age[-1:] not in ("d", "h"):
+        raise EmberError(f"{option} takes a number of days or hours, like 7d or 12h, not {age!r}")
+    return int(age[:-1]) * (86400 if age[-1] == "d" else 3600)
+
+
 def usage(since: str, as_json: bool) -> int:
     """The usage log, by model, by tag and by day."""
-    if not since[:-1].isdigit() or since[-1:] not in ("d", "h"):
-        raise EmberError(f"--since takes a number of days or hours, like 7d or 12h, not {since!r}")
-    cutoff = time.time() - int(since[:-1]) * (86400 if since[-1] == "d" else 3600)
+    cutoff = time.time() - _seconds(since, "--since")
     groups = {"model": "provider || '/' || model", "tag": "coalesce(tag, '-')",
               "day": "date(time, 'unixepoch')"}
     tokens = ", ".join(f"sum({kind}_tokens * (1 - cached))"
@@ -119,16 +125,33 @@ def known(provider: str | None) -> int:
     return 0
 
 
+def cache(action: str | None, older_than: str | None) -> int:
+    """The default cache store: its size, or clear it (only entries older than an age)."""
+    from ._cache import SQLiteStore
+
+    store = SQLiteStore()
+    if action == "clear":
+        age = _seconds(older_than, "--older-than") if older_than else None
+        print(f"removed {store.clear(age)} entries")
+    else:
+        print("{entries} entries, {bytes} bytes in {path}".format(**store.stats()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ember", description="ask a model, or: demo|usage|models")
+    parser = argparse.ArgumentParser(prog="ember",
+                                     description="ask a model, or: demo|usage|models|cache")
     parser.add_argument("prompt", help="the prompt, or a command")
+    parser.add_argument("action", nargs="?", choices=["stats", "clear"], help="cache: what to do")
     parser.add_argument("-m", "--model", default=DEMO_MODEL, help=f"default {DEMO_MODEL}")
     parser.add_argument("--since", default="36500d", help="usage: e.g. 7d or 12h")
     parser.add_argument("--json", action="store_true", help="usage: as JSON")
     parser.add_argument("--provider", help="models: only this provider's")
+    parser.add_argument("--older-than", help="cache clear: only entries older, e.g. 7d")
     o = parser.parse_args(argv)  # None: the command line
     commands: dict[str, Callable[[], int]] = {"demo": demo, "usage": lambda: usage(o.since, o.json),
-                "models": lambda: known(o.provider)}
+                "models": lambda: known(o.provider),
+                "cache": lambda: cache(o.action, o.older_than)}
     try:
         return commands.get(o.prompt, lambda: ask(o.prompt, o.model))()
     except (EmberError, sqlite3.Error) as error:
