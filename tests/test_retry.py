@@ -158,3 +158,63 @@ def test_a_retried_call_under_a_budget_is_refused_once_the_cap_is_reached(
     with budget(usd=one_call * 2.5), pytest.raises(BudgetExceeded):
         extract()
     assert len(openai_srv.requests) == 2  # the third attempt could cross the cap: unsent
+
+
+# ---- the seed's stack: @retry over @cache over @batch ------------------------------------
+
+def seed_stack(store: object, fail_first: bool = False) -> tuple[object, list[list[str]]]:
+    """The seed's decorator stack, exactly, around a function that embeds a list of texts in
+    one request; the lists it was called with are recorded."""
+    from ember import MemoryStore, batch, cache  # noqa: F401  (the names as a user imports them)
+
+    lists: list[list[str]] = []
+
+    @retry(max_attempts=3)
+    @cache(ttl=3600, store=store)
+    @batch(size=10)
+    async def classify(texts: list[str]) -> list[str]:
+        lists.append(list(texts))
+        if fail_first and len(lists) == 1:
+            raise ValueError("the first batch fails once")  # retried by @retry
+        r = await models.aembed("text-embedding-3-small", texts)
+        return ["positive" if v[0] > 0 else "negative" for v in r.vectors]
+
+    return classify, lists
+
+
+async def test_the_seeds_stack_groups_caches_and_retries(openai_srv: OpenAIServer):
+    from ember import MemoryStore, gather
+
+    classify, lists = seed_stack(MemoryStore())
+    texts = [f"review {i}" for i in range(25)]
+    labels = await gather(*(classify(t) for t in texts))
+    assert set(labels) <= {"positive", "negative"} and len(labels) == 25
+    assert len(openai_srv.requests) == 3  # 25 callers grouped into 10 + 10 + 5
+    assert sorted(map(len, lists)) == [5, 10, 10]
+    assert await gather(*(classify(t) for t in texts)) == labels  # all from the cache now
+    assert len(openai_srv.requests) == 3
+    with pytest.raises(TypeError, match=r"classify\(\) takes 1 positional argument"):
+        await classify("a", "b")
+    assert classify.__name__ == "classify"
+
+
+def test_the_seeds_stack_works_from_sync_code(openai_srv: OpenAIServer):
+    from ember import MemoryStore, parallel
+
+    classify, _ = seed_stack(MemoryStore())
+    texts = [f"review {i}" for i in range(12)]
+    labels = parallel(classify, texts)  # an async def, awaited on ember's own loop
+    assert len(labels) == 12 and len(openai_srv.requests) == 2
+    assert parallel(classify, texts) == labels and len(openai_srv.requests) == 2
+
+
+async def test_in_the_seeds_stack_a_failed_group_is_retried_caller_by_caller(
+        openai_srv: OpenAIServer):
+    from ember import MemoryStore, gather
+
+    classify, lists = seed_stack(MemoryStore(), fail_first=True)
+    texts = [f"review {i}" for i in range(25)]
+    labels = await gather(*(classify(t) for t in texts))  # every caller gets its label
+    assert len(labels) == 25 and len(lists[0]) == 10  # the first group of 10 failed once...
+    sent = [text for request in openai_srv.requests for text in request.json["input"]]
+    assert sorted(sent) == sorted(texts)  # ...and each of its texts was sent again, once

@@ -29,13 +29,16 @@ def retry(max_attempts: int = 3, on: type[BaseException] | tuple[type[BaseExcept
                           f"max_attempts={max_attempts!r}, backoff={backoff!r}")
 
     def decorate(fn: F) -> F:
-        def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            """A call that does not fit the signature: the function's own TypeError, at once."""
+        signature = inspect.signature(fn)
+
+        def fits(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+            """False for a call that does not fit the signature: it is then made once,
+            unretried, so that Python raises its own TypeError, naming the function."""
             try:
-                inspect.signature(fn).bind(*args, **kwargs)
+                signature.bind(*args, **kwargs)
             except TypeError:
-                fn(*args, **kwargs)
-                raise
+                return False
+            return True
 
         def again(error: BaseException, attempt: int) -> float:
             """Seconds to wait before the next attempt; raises `error` when there is none."""
@@ -51,7 +54,8 @@ def retry(max_attempts: int = 3, on: type[BaseException] | tuple[type[BaseExcept
             async def retried_async(*args: Any, **kwargs: Any) -> Any:
                 import asyncio
 
-                check(args, kwargs)
+                if not fits(args, kwargs):
+                    return await fn(*args, **kwargs)
                 for attempt in range(max_attempts):
                     try:
                         return await fn(*args, **kwargs)
@@ -64,7 +68,8 @@ def retry(max_attempts: int = 3, on: type[BaseException] | tuple[type[BaseExcept
         def retried(*args: Any, **kwargs: Any) -> Any:
             import time
 
-            check(args, kwargs)
+            if not fits(args, kwargs):
+                return fn(*args, **kwargs)
             for attempt in range(max_attempts):
                 try:
                     return fn(*args, **kwargs)
