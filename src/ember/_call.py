@@ -88,6 +88,7 @@ class Stream:
                             usage = Usage(seen.input_tokens or usage.input_tokens,
                                           seen.output_tokens or usage.output_tokens)
                         if text:
+                            call.first_token = call.first_token or time.perf_counter() - call.start
                             parts.append(text)
                             yield text
                 finally:  # also when the reader stops early: the provider bills it all the same

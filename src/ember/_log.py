@@ -17,6 +17,7 @@ import time
 import warnings
 from typing import Any
 
+from ._prices import cost
 from ._types import Call
 
 __all__ = ["LOG", "MIGRATIONS", "flush", "write"]
@@ -25,7 +26,11 @@ LOG = "usage.sqlite"
 MIGRATIONS = [("001_calls", "CREATE TABLE calls (time REAL, provider TEXT, model TEXT, tag TEXT, "
                              "input_tokens INT, output_tokens INT, cost REAL, latency REAL, "
                              "cached INT, retries INT, error TEXT, prompt TEXT, response TEXT)"),
-              ("002_calls_time_index", "CREATE INDEX calls_time ON calls (time)")]
+              ("002_calls_time_index", "CREATE INDEX calls_time ON calls (time)"),
+              ("003_calls_dashboard", "ALTER TABLE calls ADD COLUMN rate_limited INT DEFAULT 0; "
+               "ALTER TABLE calls ADD COLUMN waited REAL DEFAULT 0; "
+               "ALTER TABLE calls ADD COLUMN first_token REAL; "
+               "ALTER TABLE calls ADD COLUMN saved REAL DEFAULT 0")]
 _rows: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
 _writer: list[threading.Thread] = []
 BATCH = 0.05  # seconds the writer lets rows gather before it writes them
@@ -43,8 +48,10 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
         prompt, answer = json.dumps(system + req.messages), r and r.text
     numbers = (r.usage.input_tokens, r.usage.output_tokens, r.cost, r.latency, r.cached) if r \
         else (0, 0, 0.0, None, False)  # a failed call is not billed
+    saved = cost(r.provider, r.model, r.usage) or 0.0 if r and r.cached else 0.0
     _rows.put((os.environ.get("EMBER_HOME", ""), (time.time(), req.provider, req.model, tag,
-               *numbers, call.retries, error and type(error).__name__, prompt, answer)))
+               *numbers, call.retries, error and type(error).__name__, prompt, answer,
+               call.rate_limited, call.waited, call.first_token, saved)))
     with _start:  # the first row starts the writer
         if not _writer:
             _writer.append(threading.Thread(target=_write, name="ember-log", daemon=True))
@@ -75,7 +82,7 @@ def _write() -> None:
                         db.close()
                     current, db = folder, connect(home(folder) / LOG, MIGRATIONS)
                 db.execute("BEGIN")
-                db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 13)})", rows)
+                db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 17)})", rows)
                 db.execute("COMMIT")
             except Exception as problem:  # never fail a call for its log row
                 db = None
