@@ -135,7 +135,7 @@ def test_a_tokens_budget_counts_text_bytes_and_framing_plus_max_tokens(openai_sr
     assert cap.tokens_used == 12 + 5 and cap.tokens_reserved == 0  # settled to the actual
 
 
-@pytest.mark.filterwarnings("ignore:ember. no price known")
+@pytest.mark.filterwarnings("ignore::ember.errors.UnknownPrice")
 def test_an_unknown_price_is_refused_under_a_usd_budget_not_under_a_tokens_one(
         openai_srv: OpenAIServer):
     own = dict(base_url=openai_srv.base_url, max_tokens=10)
@@ -387,12 +387,17 @@ def test_ember_usage_reports_by_model_tag_and_day(openai_srv: OpenAIServer):
     out = ember_cli("usage", "--since", "7d", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["model"] == [{"model": GPT, "calls": 3, "cached": 1, "tokens in": 1000,
-                                "tokens out": 500, "cost $": pytest.approx(0.00045, abs=1e-6),
-                                "errors": 1}]
-    assert [(row["tag"], row["calls"]) for row in report["tag"]] == [("-", 1), ("batch", 2)]
+    (row,) = report["by_model"]
+    assert row == {"model": GPT, "calls": 3, "cached": 1, "input_tokens": 1000,
+                   "output_tokens": 500, "cost": pytest.approx(0.00045, abs=1e-6),
+                   "saved": pytest.approx(0.00045, abs=1e-6), "errors": 1, "retries": 0,
+                   "rate_limited": 0, "waited": 0.0, "p50": row["p50"], "p95": row["p95"]}
+    assert 0 < row["p50"] <= row["p95"] < 5
+    assert report["totals"] == {key: value for key, value in row.items() if key not in (
+        "model", "p50", "p95")}
+    assert [(row["tag"], row["calls"]) for row in report["by_tag"]] == [("-", 1), ("batch", 2)]
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
-    assert [(row["day"], row["calls"]) for row in report["day"]] == [(today, 3)]
+    assert [(row["time"], row["calls"]) for row in report["by_time"]] == [(today, 3)]
     table = ember_cli("usage").stdout  # every day: last month's call is back
     assert re.search(r"^openai/gpt-4o +1 ", table, re.M)
     assert re.search(r"^openai/gpt-4o-mini +3 +1 +1000 +500 ", table, re.M)
