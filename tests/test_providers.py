@@ -181,6 +181,7 @@ class SelfHostedServer(OpenAIServer):
         return None
 
 
+@pytest.mark.filterwarnings("ignore::ember.errors.UnknownPrice")  # its own model: no price
 def test_any_openai_compatible_server_by_base_url_needs_no_key():
     with SelfHostedServer() as server:
         r = models("openai/my-own-model", "Hi", base_url=server.base_url)

@@ -66,13 +66,14 @@ class _Run(Tracker):
         import inspect
         from concurrent.futures import ThreadPoolExecutor
 
-        from tqdm import tqdm
+        from tqdm.auto import tqdm  # in Jupyter: the notebook's own progress widget
 
         self.fn, self.failed, self.loop = fn, 0, asyncio.get_running_loop()
         self.call = fn if inspect.iscoroutinefunction(fn) else self._threaded
         workers = max(concurrency or total, 1)  # None: unbounded, one thread per item at most
         self.threads = ThreadPoolExecutor(workers, thread_name_prefix="ember-parallel")
-        shown = progress or (progress is None and sys.stderr.isatty())
+        notebook = tqdm.__module__ == "tqdm.notebook"
+        shown = progress or (progress is None and (notebook or sys.stderr.isatty()))
         self.bar = tqdm(total=total, desc=self.tag, file=sys.stderr, disable=not shown)
 
     async def _threaded(self, item: Any) -> Any:

@@ -12,6 +12,9 @@
         ├── RateLimited         429 (or an overloaded 529) still there after retries
         └── ProviderTimeout     no answer within `timeout` seconds (also a TimeoutError)
 
+    UnknownPrice                a warning (UserWarning), once per model of unknown price:
+                                its calls have cost=None
+
 A mistake in the user's own code (a wrong argument to a decorated function, say) is never
 wrapped: it stays Python's own error. No message ever contains an API key.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-           "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
+           "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel", "UnknownPrice"]
 
 
 class EmberError(Exception):
@@ -33,7 +36,12 @@ class ConfigError(EmberError, ValueError):
 
 
 class MissingKey(ConfigError):
-    """No API key was found for a provider."""
+    """No API key was found for a provider; `.variables` can hold one."""
+
+    def __init__(self, provider: str, variables: tuple[str, ...]) -> None:
+        self.provider, self.variables, wanted = provider, variables, " or ".join(variables)
+        super().__init__(f"No API key for {provider}: set {wanted} in the environment, or pass "
+                         "api_key=...")
 
 
 class UnknownModel(ConfigError):
@@ -43,6 +51,10 @@ class UnknownModel(ConfigError):
         hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
         super().__init__(message + hint)
         self.suggestions = suggestions
+
+
+class UnknownPrice(UserWarning):
+    """Warned once per model whose price is unknown: its calls have cost=None."""
 
 
 class BudgetExceeded(EmberError):
