@@ -104,4 +104,15 @@ def test_ember_prompt_streams_text_to_stdout_and_numbers_to_stderr(openai_srv: O
 def test_ember_prompt_without_a_key_says_what_to_set():
     out = _ember("Hi", "-m", "claude-sonnet-4-5", env={"ANTHROPIC_API_KEY": ""})
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "ANTHROPIC_API_KEY" in out.stderr
+    assert out.stderr == "ember: no API key for anthropic: set ANTHROPIC_API_KEY\n"  # no api_key=
+
+
+def test_ember_help_lists_each_command_and_each_has_its_own_help():
+    listed = _ember("--help")
+    assert listed.returncode == 0
+    for command in ["ask", "demo", "usage", "models", "dashboard"]:
+        assert re.search(rf"^    {command} +\S", listed.stdout, re.M), command
+    assert "--since" in _ember("usage", "--help").stdout
+    assert "--html" in _ember("dashboard", "--help").stdout
+    assert "--provider" in _ember("models", "--help").stdout
+    assert _ember("nonsense-only", "--help").stdout.startswith("usage: ember ask")

@@ -66,13 +66,13 @@ class _Run(Tracker):
         import inspect
         from concurrent.futures import ThreadPoolExecutor
 
-        from tqdm.auto import tqdm  # in Jupyter: the notebook's own progress widget
+        from tqdm.auto import tqdm  # in Jupyter, a subclass of the notebook's progress widget
 
         self.fn, self.failed, self.loop = fn, 0, asyncio.get_running_loop()
         self.call = fn if inspect.iscoroutinefunction(fn) else self._threaded
         workers = max(concurrency or total, 1)  # None: unbounded, one thread per item at most
         self.threads = ThreadPoolExecutor(workers, thread_name_prefix="ember-parallel")
-        notebook = tqdm.__module__ == "tqdm.notebook"
+        notebook = any(base.__module__ == "tqdm.notebook" for base in tqdm.__mro__)
         shown = progress or (progress is None and (notebook or sys.stderr.isatty()))
         self.bar = tqdm(total=total, desc=self.tag, file=sys.stderr, disable=not shown)
 

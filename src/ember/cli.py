@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingKey as error:  # the command line has no api_key= to pass
         print(f"ember: no API key for {error.provider}: set {' or '.join(error.variables)}",
               file=sys.stderr)
-    except (EmberError, sqlite3.Error) as error:
+    except (EmberError, sqlite3.Error, OSError) as error:  # OSError: a port in use, say
         print(f"ember: {error}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
