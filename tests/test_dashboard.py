@@ -77,10 +77,12 @@ def write_log(home: Path, rows: list[dict[str, Any]]) -> None:
                        f"({', '.join(':' + name for name in COLUMNS.split(', '))})", rows)
 
 
-def expected(rows: list[dict[str, Any]], tag: str | None = None) -> dict[str, Any]:
+def expected(rows: list[dict[str, Any]], tag: str | None = None,
+             model: str | None = None) -> dict[str, Any]:
     """What the rows of the last 7 days add up to, counted here without SQL."""
     since = time.time() - 7 * 86400
-    rows = [row for row in rows if row["time"] >= since and tag in (None, row["tag"])]
+    rows = [row for row in rows if row["time"] >= since and tag in (None, row["tag"])
+            and model in (None, row["model"])]
     sent = [row for row in rows if not row["cached"]]
     day = [datetime.datetime.fromtimestamp(row["time"], datetime.UTC).date() for row in rows]
     return {
@@ -216,18 +218,24 @@ def test_the_page_adds_up_the_log_as_ember_usage_does(
     assert SECRET not in source + text and "last-month" not in text  # only the window
 
 
-def test_a_tag_filter_changes_the_totals_and_the_charts(
+def test_a_tag_and_a_model_filter_change_the_totals_and_the_charts(
         browser: webdriver.Chrome, week: tuple[Path, list[dict[str, Any]]]):
     home, rows = week
-    usage = json.loads(ember(home, "usage", "--since", "7d", "--tag", "nightly", "--json").stdout)
+    by_tag = json.loads(ember(home, "usage", "--since", "7d", "--tag", "nightly", "--json").stdout)
+    by_both = json.loads(ember(home, "usage", "--since", "7d", "--tag", "nightly", "--model",
+                               "gpt-4o-mini", "--json").stdout)
     with dashboard(home) as url:
         browser.get(url)
         everything = shown(browser, expected(rows)["calls"])
         Select(browser.find_element(By.ID, "tag")).select_by_visible_text("nightly")
         nightly = shown(browser, expected(rows, "nightly")["calls"])
-        assert_page_matches(nightly, expected(rows, "nightly"), usage)
+        assert_page_matches(nightly, expected(rows, "nightly"), by_tag)
         assert nightly["count"]["cost bars"] < everything["count"]["cost bars"]
         assert browser.current_url.endswith("?tag=nightly")  # a link to this view
+        Select(browser.find_element(By.ID, "model")).select_by_visible_text("openai/gpt-4o-mini")
+        both = shown(browser, expected(rows, "nightly", "gpt-4o-mini")["calls"])
+        assert_page_matches(both, expected(rows, "nightly", "gpt-4o-mini"), by_both)
+        assert both["count"]["p50 bars"] == 1
         no_console_errors(browser)
 
 

@@ -1,7 +1,9 @@
 """The usage log: one row per call in usage.sqlite in the ember home folder.
 
 On by default; `EMBER_LOG=0` turns it off. Prompts and answers are stored only with
-`EMBER_LOG_PROMPTS=1`. A background thread writes the rows in batches, so logging never
+`EMBER_LOG_PROMPTS=1`. A row also holds what a call went through: retries, 429s seen,
+seconds waited on pacing, a stream's time to its first text, and for a cache hit the $
+it saved. A background thread writes the rows in batches, so logging never
 slows or fails a call; a log that cannot be written warns once. The schema changes only
 by appending to MIGRATIONS.
 """
@@ -48,7 +50,7 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
         prompt, answer = json.dumps(system + req.messages), r and r.text
     numbers = (r.usage.input_tokens, r.usage.output_tokens, r.cost, r.latency, r.cached) if r \
         else (0, 0, 0.0, None, False)  # a failed call is not billed
-    saved = cost(r.provider, r.model, r.usage) or 0.0 if r and r.cached else 0.0
+    saved = (cost(r.provider, r.model, r.usage) or 0.0) if r and r.cached else 0.0  # by the cache
     _rows.put((os.environ.get("EMBER_HOME", ""), (time.time(), req.provider, req.model, tag,
                *numbers, call.retries, error and type(error).__name__, prompt, answer,
                call.rate_limited, call.waited, call.first_token, saved)))

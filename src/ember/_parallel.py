@@ -5,8 +5,8 @@ item runs to its end, then one PartialFailure carries every finished result and 
 failure with its index (`errors="return"` puts the exceptions in place instead).
 Cancelling (Ctrl-C) stops scheduling new items at once. Async functions run on the event
 loop, sync ones on worker threads, under the same `concurrency` bound. parallel shows a
-progress bar on stderr (tqdm: done/total, rate, failures, cost so far), by default only
-when stderr is a terminal; `progress=True/False` forces it.
+progress bar (tqdm: done/total, rate, failures, cost so far), by default on stderr when
+it is a terminal and as the notebook's widget in Jupyter; `progress=True/False` forces it.
 
 """
 
