@@ -171,8 +171,9 @@ def test_a_hit_costs_nothing_and_track_usage_and_the_log_count_what_it_saved(
         rows = db.execute("SELECT cached, cost, input_tokens FROM calls ORDER BY time").fetchall()
     assert rows == [(0, pytest.approx(0.00045), 1000), (1, 0.0, 1000)]
     assert cli.main(["usage", "--json"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)["model"]
-    assert (row["calls"], row["cached"], row["tokens in"]) == (2, 1, 1000)  # only what was sent
+    (row,) = json.loads(capsys.readouterr().out)["by_model"]
+    assert (row["calls"], row["cached"], row["input_tokens"]) == (2, 1, 1000)  # only what was sent
+    assert row["saved"] == pytest.approx(0.00045)
 
 
 def test_a_hit_is_never_charged_to_a_budget(openai_srv: OpenAIServer) -> None:

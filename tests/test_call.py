@@ -26,7 +26,8 @@ def test_exported_names_are_pinned():
         "models", "parallel", "retry", "track", "usage", "vote"]
     assert sorted(ember.errors.__all__) == [
         "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-        "ProviderError", "ProviderTimeout", "RateLimited", "Refused", "UnknownModel"]
+        "ProviderError", "ProviderTimeout", "RateLimited", "Refused", "UnknownModel",
+        "UnknownPrice"]
 
 
 async def test_sync_and_async_give_the_same_response(openai_srv: OpenAIServer):
@@ -76,11 +77,17 @@ def test_a_missing_key_names_the_variable_and_the_parameter(model: str, variable
     assert isinstance(caught.value, ConfigError) and isinstance(caught.value, EmberError)
 
 
-def test_an_unknown_bare_model_suggests_close_names():
+@pytest.mark.parametrize("typed, first", [
+    ("gtp-4o-mini", "openai/gpt-4o-mini"), ("gpt4o", "openai/gpt-4o"),
+    ("claud-sonnet-4-5", "anthropic/claude-sonnet-4-5"), ("smollm", "local/smollm2")])
+def test_an_unknown_bare_model_suggests_canonical_names_closest_first(typed: str, first: str):
     with pytest.raises(UnknownModel) as caught:
-        models("gtp-4o-mini", "Hi")
-    assert "openai/gpt-4o-mini" in caught.value.suggestions
-    assert "'gtp-4o-mini'" in str(caught.value) and "Did you mean" in str(caught.value)
+        models(typed, "Hi")
+    suggested = caught.value.suggestions
+    assert suggested[0] == first and len(suggested) == len(set(suggested)) <= 3
+    assert not [name for name in suggested if ":" in name]  # no fine-tune price keys
+    assert not [name for name in suggested if name.startswith("google/claude")]  # home first
+    assert f"'{typed}'" in str(caught.value) and f"Did you mean: {first}" in str(caught.value)
 
 
 def test_an_unknown_provider_suggests_the_known_ones():

@@ -84,7 +84,11 @@ def test_ember_demo_classifies_the_shipped_set_and_reports_its_numbers():
     voted = re.search(r"accuracy (\d+)/(\d+) = \d+% by a vote of 3", out.stdout)
     assert voted is not None and int(voted[1]) / int(voted[2]) >= 0.7  # the ensemble
     assert int(total[2]) > 0 and int(total[3]) > 0  # tokens in and out
-    assert out.stdout.count("(want ") == int(score[2])  # one line per item
+    rows = re.findall(r"^(ok  |MISS) +\S+ +(ok  |MISS) +\S+ +(?:positive|negative) ", out.stdout,
+                      re.M)  # one line per item, with both verdicts: one prompt's and the vote's
+    assert len(rows) == int(score[2])
+    assert [sum(row[i] == "ok  " for row in rows) for i in (0, 1)] == [int(score[1]),
+                                                                      int(voted[1])]
 
 
 def test_ember_prompt_streams_text_to_stdout_and_numbers_to_stderr(openai_srv: OpenAIServer):
@@ -100,4 +104,15 @@ def test_ember_prompt_streams_text_to_stdout_and_numbers_to_stderr(openai_srv: O
 def test_ember_prompt_without_a_key_says_what_to_set():
     out = _ember("Hi", "-m", "claude-sonnet-4-5", env={"ANTHROPIC_API_KEY": ""})
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "ANTHROPIC_API_KEY" in out.stderr
+    assert out.stderr == "ember: no API key for anthropic: set ANTHROPIC_API_KEY\n"  # no api_key=
+
+
+def test_ember_help_lists_each_command_and_each_has_its_own_help():
+    listed = _ember("--help")
+    assert listed.returncode == 0
+    for command in ["ask", "demo", "usage", "models", "dashboard"]:
+        assert re.search(rf"^    {command} +\S", listed.stdout, re.M), command
+    assert "--since" in _ember("usage", "--help").stdout
+    assert "--html" in _ember("dashboard", "--help").stdout
+    assert "--provider" in _ember("models", "--help").stdout
+    assert _ember("nonsense-only", "--help").stdout.startswith("usage: ember ask")

@@ -98,8 +98,9 @@ def test_cache_tokens_show_in_track_the_log_and_ember_usage(anthropic_srv: Any):
     assert "cache read 8000, write 1000" in repr(t)
     assert log_rows("input_tokens, cache_read_tokens, cache_write_tokens") == [
         (5_000, 4_000, 500)] * 2
-    (row,) = ember_usage()["model"]
-    assert (row["tokens in"], row["cache read"], row["cache write"]) == (10_000, 8_000, 1_000)
+    (row,) = ember_usage()["by_model"]
+    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
+        10_000, 8_000, 1_000)
 
 
 def test_the_log_migration_keeps_old_rows(tmp_path: Path):
@@ -271,7 +272,7 @@ def test_a_stream_without_usage_reads_as_unknown_everywhere_and_the_budget_keeps
     worst = price("gpt-4o-mini", input_tokens=size, output_tokens=40)
     assert cap.spent == pytest.approx(worst) and cap.reserved == pytest.approx(0, abs=1e-12)
     assert log_rows("input_tokens, output_tokens, cost") == [(None, None, None)]
-    assert ember_usage()["model"][0]["usage unknown"] == 1
+    assert ember_usage()["by_model"][0]["unknown"] == 1
 
 
 # ---- 6. request ids --------------------------------------------------------------------------

@@ -3,6 +3,8 @@ sends (path, headers, body) and what it makes of the answers, streams and error 
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from conftest import KEYS
 from fakes import AnthropicServer, GeminiServer, OpenAIServer
@@ -181,6 +183,7 @@ class SelfHostedServer(OpenAIServer):
         return None
 
 
+@pytest.mark.filterwarnings("ignore::ember.errors.UnknownPrice")  # its own model: no price
 def test_any_openai_compatible_server_by_base_url_needs_no_key():
     with SelfHostedServer() as server:
         r = models("openai/my-own-model", "Hi", base_url=server.base_url)
@@ -194,3 +197,13 @@ def test_ollama_goes_to_its_openai_compatible_endpoint(monkeypatch: pytest.Monke
         r = models("ollama/llama3.2", "Hi")
         assert r.provider == "ollama" and r.cost == 0.0  # runs on the user's machine
         assert server.requests[0].json["model"] == "llama3.2"
+
+
+def test_an_unreachable_ollama_says_to_start_it_or_set_its_url(monkeypatch: pytest.MonkeyPatch):
+    with socket.socket() as closed:  # a port on which nothing listens
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("OLLAMA_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(ProviderError) as caught:
+        models("ollama/llama3.2", "Hi", retries=0)
+    assert "is Ollama running? set OLLAMA_BASE_URL" in str(caught.value)

@@ -135,7 +135,7 @@ def test_a_tokens_budget_counts_text_bytes_and_framing_plus_max_tokens(openai_sr
     assert cap.tokens_used == 12 + 5 and cap.tokens_reserved == 0  # settled to the actual
 
 
-@pytest.mark.filterwarnings("ignore:ember. no price known")
+@pytest.mark.filterwarnings("ignore::ember.errors.UnknownPrice")
 def test_an_unknown_price_is_refused_under_a_usd_budget_not_under_a_tokens_one(
         openai_srv: OpenAIServer):
     own = dict(base_url=openai_srv.base_url, max_tokens=10)
@@ -294,6 +294,22 @@ def test_the_log_has_a_row_per_call_success_error_and_cache_hit(openai_srv: Open
     assert 0 < latency < 5
 
 
+def test_the_log_keeps_429s_pacing_waits_time_to_first_token_and_savings(
+        openai_srv: OpenAIServer):
+    openai_srv.usage = (1000, 500)
+    openai_srv.fail(429)
+    first = models(GPT, "Hi")  # a 429, then the answer
+    assert "".join(models.stream(GPT, "Tell me a story")) == "Hello from fake"
+    record_hit(first)
+    _spend.record(Call(Request("openai", "gpt-4o-mini", [], {}), waited=0.25))  # paced, failed
+    rows = log_rows("rate_limited, retries, waited, first_token, latency, cached, saved")
+    assert [row[:3] for row in rows] == [(1, 1, 0.0), (0, 0, 0.0), (0, 0, 0.0), (0, 0, 0.25)]
+    first_token, latency = rows[1][3:5]
+    assert 0 < first_token <= latency and [row[3] for row in rows[::2]] == [None, None]
+    assert [row[5:] for row in rows] == [(0, 0.0), (0, 0.0), (1, pytest.approx(first.cost)),
+                                         (0, 0.0)]  # a cache hit saved what the call had cost
+
+
 def test_ember_log_0_writes_no_row(openai_srv: OpenAIServer, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("EMBER_LOG", "0")
     models(GPT, "Hi")
@@ -387,17 +403,47 @@ def test_ember_usage_reports_by_model_tag_and_day(openai_srv: OpenAIServer):
     out = ember_cli("usage", "--since", "7d", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["model"] == [{"model": GPT, "calls": 3, "cached": 1, "tokens in": 1000,
-                                "tokens out": 500, "cache read": 0, "cache write": 0,
-                                "cost $": pytest.approx(0.00045, abs=1e-6), "errors": 1,
-                                "usage unknown": 0}]
-    assert [(row["tag"], row["calls"]) for row in report["tag"]] == [("-", 1), ("batch", 2)]
+    (row,) = report["by_model"]
+    assert row == {"model": GPT, "calls": 3, "cached": 1, "input_tokens": 1000,
+                   "output_tokens": 500, "cache_read_tokens": 0, "cache_write_tokens": 0,
+                   "unknown": 0, "cost": pytest.approx(0.00045, abs=1e-6),
+                   "saved": pytest.approx(0.00045, abs=1e-6), "errors": 1, "retries": 0,
+                   "rate_limited": 0, "waited": 0.0, "p50": row["p50"], "p95": row["p95"]}
+    assert 0 < row["p50"] <= row["p95"] < 5
+    assert report["totals"] == {key: value for key, value in row.items() if key not in (
+        "model", "p50", "p95")}
+    assert [(row["tag"], row["calls"]) for row in report["by_tag"]] == [("-", 1), ("batch", 2)]
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
-    assert [(row["day"], row["calls"]) for row in report["day"]] == [(today, 3)]
+    assert [(row["time"], row["calls"]) for row in report["by_time"]] == [(today, 3)]
     table = ember_cli("usage").stdout  # every day: last month's call is back
     assert re.search(r"^openai/gpt-4o +1 ", table, re.M)
     assert re.search(r"^openai/gpt-4o-mini +3 +1 +1000 +500 ", table, re.M)
     assert re.search(r"^batch +2 ", table, re.M) and re.search(rf"^{today} +3 ", table, re.M)
+
+
+def test_ember_models_names_the_embedded_model_as_the_readme_does_and_explains_tiers():
+    out = ember_cli("models").stdout
+    assert re.search(r"^local/smollm2 +0 +0$", out, re.M) and "smollm2-135m" not in out
+    sonnet = re.search(r"^anthropic/claude-sonnet-4-5 +(.+?)  +(.+)$", out, re.M)
+    assert sonnet is not None and sonnet.groups() == ("3 (6 if prompt > 200k)",
+                                                      "15 (22.5 if prompt > 200k)")
+    assert "tiered" not in out and "/ft:" not in re.sub(r"^openai/ft:.*$", "", out, flags=re.M)
+
+
+def test_ember_models_with_an_unknown_provider_says_which_are_known():
+    out = ember_cli("models", "--provider", "nope")
+    assert out.returncode == 2 and out.stdout == ""
+    assert "invalid choice: 'nope'" in out.stderr and "'anthropic'" in out.stderr
+
+
+def test_an_unknown_price_warns_once_without_a_line_of_embers_own(openai_srv: OpenAIServer):
+    script = ("from ember import models\nfor _ in range(2):\n"
+              "    print(models('openai/my-own-model', 'Hi').cost)\n")
+    out = subprocess.run([sys.executable, "-W", "default", "-c", script], capture_output=True,
+                         text=True, timeout=60, check=True, env=dict(os.environ))
+    assert out.stdout.splitlines() == ["None", "None"]
+    assert out.stderr.splitlines() == [
+        "ember:0: UnknownPrice: no price known for openai/my-own-model: its calls have cost=None"]
 
 
 def test_ember_models_lists_claude_with_its_prices():

@@ -103,6 +103,7 @@ class Stream:
                             usage = Usage(*map(max, astuple(usage or seen), astuple(seen)))
                         end = end or stop  # the first reason said (a refusal, then a stop)
                         if text:
+                            call.first_token = call.first_token or time.perf_counter() - call.start
                             parts.append(text)
                             yield text
                     done = True

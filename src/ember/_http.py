@@ -134,6 +134,7 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
             if resp.status != 200:
                 quota, wait = _hints(answer := await resp.read(), wait)
             learn(req, resp.status, resp.headers, wait)
+            call.rate_limited += resp.status == 429
             if resp.status == 200:
                 return resp if stream else json.loads(await resp.read())
             error = _error(req, resp.status, _message(answer), call.request_id, quota)
@@ -146,7 +147,8 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
         except json.JSONDecodeError:
             error = _error(req, 200, "the answer was cut short or was not valid JSON")
         except aiohttp.ClientError as exc:
-            error = _error(req, None, f"{type(exc).__name__}: {exc}")
+            hint = " (is Ollama running? set OLLAMA_BASE_URL)" if req.provider == "ollama" else ""
+            error = _error(req, None, f"{type(exc).__name__}: {exc}{hint}")
         if attempt == req.retries or timeouts == 2:
             raise error
         call.retries += 1

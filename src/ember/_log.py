@@ -1,7 +1,9 @@
 """The usage log: one row per call in usage.sqlite in the ember home folder.
 
 On by default; `EMBER_LOG=0` turns it off. Prompts and answers are stored only with
-`EMBER_LOG_PROMPTS=1`. A background thread writes the rows in batches, so logging never
+`EMBER_LOG_PROMPTS=1`. A row also holds what a call went through: retries, 429s seen,
+seconds waited on pacing, a stream's time to its first text, and for a cache hit the $
+it saved. A background thread writes the rows in batches, so logging never
 slows or fails a call; a log that cannot be written warns once. The schema changes only
 by appending to MIGRATIONS. Tokens and cost are NULL for a call whose usage is unknown.
 """
@@ -18,6 +20,7 @@ import time
 import warnings
 from typing import Any
 
+from ._prices import cost
 from ._types import Call, Usage
 
 __all__ = ["LOG", "MIGRATIONS", "flush", "write"]
@@ -28,7 +31,11 @@ MIGRATIONS = [("001_calls", "CREATE TABLE calls (time REAL, provider TEXT, model
                              "cached INT, retries INT, error TEXT, prompt TEXT, response TEXT)"),
               ("002_calls_time_index", "CREATE INDEX calls_time ON calls (time)"),
               ("003_calls_cache_tokens", "ALTER TABLE calls ADD COLUMN cache_read_tokens INT; "
-                                         "ALTER TABLE calls ADD COLUMN cache_write_tokens INT")]
+                                         "ALTER TABLE calls ADD COLUMN cache_write_tokens INT"),
+              ("004_calls_dashboard", "ALTER TABLE calls ADD COLUMN rate_limited INT DEFAULT 0; "
+               "ALTER TABLE calls ADD COLUMN waited REAL DEFAULT 0; "
+               "ALTER TABLE calls ADD COLUMN first_token REAL; "
+               "ALTER TABLE calls ADD COLUMN saved REAL DEFAULT 0")]
 _rows: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
 _writer: list[threading.Thread] = []
 BATCH = 0.05  # seconds the writer lets rows gather before it writes them
@@ -47,9 +54,10 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
     usage = r.usage if r else Usage()  # a failed call is not billed
     tokens = dataclasses.astuple(usage) if usage else (None,) * 4  # None: unknown
     numbers = (r.cost, r.latency, r.cached) if r else (0.0, None, False)
+    saved = (cost(r.provider, r.model, r.usage) or 0.0) if r and r.cached and r.usage else 0.0
     _rows.put((os.environ.get("EMBER_HOME", ""), (time.time(), req.provider, req.model, tag,
                *tokens[:2], *numbers, call.retries, error and type(error).__name__, prompt,
-               answer, *tokens[2:])))
+               answer, *tokens[2:], call.rate_limited, call.waited, call.first_token, saved)))
     with _start:  # the first row starts the writer
         if not _writer:
             _writer.append(threading.Thread(target=_write, name="ember-log", daemon=True))
@@ -80,7 +88,7 @@ def _write() -> None:
                         db.close()
                     current, db = folder, connect(home(folder) / LOG, MIGRATIONS)
                 db.execute("BEGIN")
-                db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 15)})", rows)
+                db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 19)})", rows)
                 db.execute("COMMIT")
             except Exception as problem:  # never fail a call for its log row
                 db = None

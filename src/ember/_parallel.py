@@ -5,8 +5,8 @@ item runs to its end, then one PartialFailure carries every finished result and 
 failure with its index (`errors="return"` puts the exceptions in place instead).
 Cancelling (Ctrl-C) stops scheduling new items at once. Async functions run on the event
 loop, sync ones on worker threads, under the same `concurrency` bound. parallel shows a
-progress bar on stderr (tqdm: done/total, rate, failures, cost so far), by default only
-when stderr is a terminal; `progress=True/False` forces it.
+progress bar (tqdm: done/total, rate, failures, cost so far), by default on stderr when
+it is a terminal and as the notebook's widget in Jupyter; `progress=True/False` forces it.
 
 `batch(fn, items, size=32)` calls a function that takes a list with consecutive lists of
 `size` items, under the same rules (a failed batch fails each of its items). `@batch(size=,
@@ -73,13 +73,14 @@ class _Run(Tracker):
         import inspect
         from concurrent.futures import ThreadPoolExecutor
 
-        from tqdm import tqdm
+        from tqdm.auto import tqdm  # in Jupyter, a subclass of the notebook's progress widget
 
         self.fn, self.failed, self.loop = fn, 0, asyncio.get_running_loop()
         self.call = fn if inspect.iscoroutinefunction(fn) else self._threaded
         workers = max(concurrency or total, 1)  # None: unbounded, one thread per item at most
         self.threads = ThreadPoolExecutor(workers, thread_name_prefix="ember-parallel")
-        shown = progress or (progress is None and sys.stderr.isatty())
+        notebook = any(base.__module__ == "tqdm.notebook" for base in tqdm.__mro__)
+        shown = progress or (progress is None and (notebook or sys.stderr.isatty()))
         self.bar = tqdm(total=total, desc=self.tag, file=sys.stderr, disable=not shown)
 
     async def _threaded(self, item: Any) -> Any:

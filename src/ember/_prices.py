@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._types import Usage
+from .errors import UnknownPrice
 
 __all__ = ["cost", "known_models"]
 
@@ -34,8 +35,8 @@ def _pricer(provider: str, model: str) -> Pricer | None:
     try:
         found, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
     except LookupError:
-        warnings.warn(f"ember: no price known for {provider}/{model}; its calls have cost=None",
-                      stacklevel=4)
+        warnings.warn_explicit(f"no price known for {provider}/{model}: its calls have "
+                               "cost=None", UnknownPrice, "ember", 0)  # no line of ember's
         return None
     rates: list[Any] = []
     if isinstance(price := info.prices, ModelPrice):  # else prices, each under a condition

@@ -25,8 +25,8 @@ from ._prices import cost
 from ._types import Call, Request, Usage
 from .errors import BudgetExceeded, ConfigError
 
-__all__ = ["Budget", "Tracker", "active_tag", "budget", "max_out", "record", "spending", "track",
-           "usage"]
+__all__ = ["Budget", "Tracker", "active_tag", "budget", "max_out", "percentile", "record",
+           "spending", "track", "usage"]
 
 _trackers: ContextVar[tuple[Tracker, ...]] = ContextVar("ember_trackers", default=())
 _budgets: ContextVar[tuple[Budget, ...]] = ContextVar("ember_budgets", default=())
@@ -95,8 +95,7 @@ class Tracker(_Scope):
 
     def percentile(self, q: float) -> float:
         """Latency (seconds) below which q percent of the calls finished."""
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
+        return percentile(sorted(self.latencies), q)
 
     def __repr__(self) -> str:
         unknown = f" (+{self.unknown} calls of unknown cost)" if self.unknown else ""
@@ -151,6 +150,11 @@ class Budget(_Scope):
 track = Tracker  # `with track() as t:` (or `async with`); `track(tag="x")` labels the log
 budget = Budget  # `with budget(usd=2.00):` refuses, unsent, any call that could cross it
 _process = Tracker()
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The value below which q percent of `ordered` (sorted) lie; 0.0 for none."""
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
 
 
 def usage() -> Tracker:

@@ -99,3 +99,5 @@ class Call:
     start: float = 0.0  # time.perf_counter() when the first attempt was sent
     waited: float = 0.0  # seconds spent waiting for a turn under pacing (see _pace)
     request_id: str | None = None  # the provider's id of the request, from its answer's headers
+    rate_limited: int = 0  # answers with HTTP 429 among its attempts
+    first_token: float | None = None  # a stream's seconds from the first byte sent to its text

@@ -1,29 +1,31 @@
-"""The `ember` command: `ember "prompt" -m MODEL`, `ember demo`, `ember usage`,
-`ember models`, `ember cache stats|clear`."""
+"""The `ember` command, one subcommand each: `ember ask "prompt" -m MODEL` (or just
+`ember "prompt"`), `ember demo`, `ember usage`, `ember models`, `ember dashboard`,
+`ember cache stats|clear`. A subcommand is one small function that adds its parser and
+names what it runs."""
 
 import argparse
+import datetime
 import json
 import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from decimal import Decimal
 from importlib import resources
 from typing import Any
 
+from . import dashboard
 from ._call import models
-from ._log import LOG, MIGRATIONS
 from ._parallel import parallel, vote
+from ._report import report, window
 from ._spend import track
-from ._sqlite import connect, home
-from .errors import EmberError
+from .errors import EmberError, MissingKey
+from .providers import local
 
 __all__ = ["main"]
 
 DEMO_MODEL = "local/smollm2"
 DEMO_PROMPTS = ["demo_prompt.txt", "demo_prompt_2.txt", "demo_prompt_3.txt"]  # few-shot
-USAGE_COLUMNS = ["calls", "cached", "tokens in", "tokens out", "cache read", "cache write",
-                 "cost $", "errors", "usage unknown"]
+PRICED = ["openai", "anthropic", "google"]  # the providers whose prices `ember models` lists
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -50,14 +52,16 @@ def demo() -> int:
     prompts = [files.joinpath(name).read_text() for name in DEMO_PROMPTS]
     print(f"ember demo: {len(items)} labelled reviews, {len(prompts)} few-shot prompts, model "
           f"{DEMO_MODEL}\n(a 135M-parameter model in-process: no key, no network; demo-grade)\n")
+    local.load()  # before the clock and the progress bar start: loading is not a call
     start = time.perf_counter()
     with track(tag="demo") as t:
         jobs = [(prompt, item["text"]) for prompt in prompts for item in items]
         labels = parallel(_classify, jobs, concurrency=2)  # the model runs one call at a time
     single, voted = labels[:len(items)], [vote(labels[i::len(items)]) for i in range(len(items))]
+    print(f"{'one prompt':14} {f'vote of {len(prompts)}':14} {'want':9} review")
     for item, one, many in zip(items, single, voted, strict=True):
-        mark = "ok " if many == item["label"] else "MISS"
-        print(f"{mark} {one:8} vote {many:8} (want {item['label']:8}) {item['text']}")
+        marks = ["ok  " if guess == item["label"] else "MISS" for guess in (one, many)]
+        print(f"{marks[0]} {one:9} {marks[1]} {many:9} {item['label']:9} {item['text']}")
     for name, guesses in [("by one prompt", single), (f"by a vote of {len(prompts)}", voted)]:
         right = sum(guess == item["label"] for guess, item in zip(guesses, items, strict=True))
         print(f"\naccuracy {right}/{len(items)} = {right / len(items):.0%} {name}", end="")
@@ -83,79 +87,124 @@ def ask(prompt: str, model: str) -> int:
     return 0
 
 
-def _seconds(age: str, option: str) -> int:
-    if not age[:-1].isdigit() or age[-1:] not in ("d", "h"):
-        raise EmberError(f"{option} takes a number of days or hours, like 7d or 12h, not {age!r}")
-    return int(age[:-1]) * (86400 if age[-1] == "d" else 3600)
-
-
-def usage(since: str, as_json: bool) -> int:
-    """The usage log, by model, by tag and by day."""
-    cutoff = time.time() - _seconds(since, "--since")
-    groups = {"model": "provider || '/' || model", "tag": "coalesce(tag, '-')",
-              "day": "date(time, 'unixepoch')"}
-    tokens = ", ".join(f"sum({kind}_tokens * (1 - cached))"
-                       for kind in ("input", "output", "cache_read", "cache_write"))
-    with connect(home() / LOG, MIGRATIONS) as db:  # cached calls used no tokens
-        tables = {name: db.execute(
-            f"SELECT {group}, count(*), sum(cached), {tokens}, sum(cost), count(error), "
-            "count(*) - count(output_tokens) FROM calls "
-            "WHERE time >= ? GROUP BY 1 ORDER BY 1", (cutoff,)).fetchall()
-            for name, group in groups.items()}
-    if as_json:
-        print(json.dumps({name: [dict(zip([name, *USAGE_COLUMNS], row, strict=True))
-                                 for row in rows] for name, rows in tables.items()}, indent=1))
-    else:
-        print("\n\n".join(_table([name, *USAGE_COLUMNS], rows) for name, rows in tables.items()))
+def usage(since: str, tag: str | None, model: str | None, as_json: bool) -> int:
+    """The usage log, by model, by tag and by time (the dashboard's numbers); a cached call
+    counts in `saved`, not in tokens or cost."""
+    found = report(since, tag, model)
+    tables = [found[f"by_{name}"] or [{name: "(none)"}] for name in ("model", "tag", "time")]
+    print(json.dumps(found, indent=1) if as_json else "\n\n".join(
+        _table(list(rows[0]), [list(row.values()) for row in rows]) for rows in tables))
     return 0
 
 
 def known(provider: str | None) -> int:
-    """The models the price data knows, with USD per million tokens."""
+    """The models the price data knows, with today's USD per million tokens."""
     from genai_prices import data_snapshot
 
-    rows: list[list[Any]] = [["local/smollm2-135m-instruct", 0, 0]]
+    now = datetime.datetime.now(datetime.UTC)
+    rows: list[list[Any]] = [["local/smollm2", 0, 0]]
     for entry in data_snapshot.get_snapshot().providers:
-        for m in entry.models if entry.id in ("openai", "anthropic", "google") else []:
-            rates = [getattr(m.prices, name, None) for name in ("input_mtok", "output_mtok")]
-            shown = [rate if isinstance(rate, (int, Decimal)) else "tiered" for rate in rates]
-            rows.append([f"{entry.id}/{m.id}", *shown])
-    print(_table(["model", "$/M in", "$/M out"], [row for row in rows if provider in (
-        None, row[0].split("/")[0])]))
+        for m in entry.models if entry.id in PRICED else []:
+            prices = m.get_prices(now)
+            rows.append([f"{entry.id}/{m.id}", _rate(prices.input_mtok), _rate(prices.output_mtok)])
+    rows = [row for row in rows if provider in (None, row[0].split("/")[0])]
+    print(_table(["model", "$/M in", "$/M out"], rows))
     return 0
 
 
-def cache(action: str | None, older_than: str | None) -> int:
+def _rate(rate: Any) -> Any:
+    """A price per million tokens: a number, or for a tiered one '3 (6 if prompt > 200k)'."""
+    tiers = "".join(f" ({tier.price} if prompt > {tier.start // 1000}k)"
+                    for tier in getattr(rate, "tiers", []))
+    return f"{rate.base}{tiers}" if tiers else rate
+
+
+def _window(parser: argparse.ArgumentParser, since: str) -> None:
+    parser.add_argument("--since", default=since, help=f"days or hours: 7d, 12h (default {since})")
+    parser.add_argument("--tag", help="only the calls with this tag ('-': those without)")
+    parser.add_argument("--model", help="only the calls to this model")
+
+
+def _command(commands: Any, name: str, about: str, run: Callable[[Any], int]) -> Any:
+    parser = commands.add_parser(name, help=about, description=about)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _add_ask(commands: Any) -> None:
+    parser = _command(commands, "ask", 'stream an answer (the default: ember "prompt")',
+                      lambda o: ask(o.prompt, o.model))
+    parser.add_argument("prompt")
+    parser.add_argument("-m", "--model", default=DEMO_MODEL, help=f"default {DEMO_MODEL}")
+
+
+def _add_demo(commands: Any) -> None:
+    _command(commands, "demo", "the main job, on the embedded model", lambda o: demo())
+
+
+def _add_usage(commands: Any) -> None:
+    parser = _command(commands, "usage", "the usage log by model, tag and time",
+                      lambda o: usage(o.since, o.tag, o.model, o.json))
+    _window(parser, "36500d")
+    parser.add_argument("--json", action="store_true", help="as JSON")
+
+
+def _add_models(commands: Any) -> None:
+    parser = _command(commands, "models", "the known models, USD per million tokens",
+                      lambda o: known(o.provider))
+    parser.add_argument("--provider", choices=[*PRICED, "local"], help="only this provider's")
+
+
+def _add_dashboard(commands: Any) -> None:
+    parser = _command(commands, "dashboard", "the usage log as a live page on 127.0.0.1",
+                      lambda o: dashboard.main(o.since, o.tag, o.model, o.port, o.html, o.open))
+    _window(parser, "7d")
+    parser.add_argument("--port", type=int, default=dashboard.PORT, help="0: any free port")
+    parser.add_argument("--html", metavar="FILE", help="write the page, data included, to FILE")
+    parser.add_argument("--no-browser", dest="open", action="store_false", help="print the URL")
+
+
+def cache(action: str, older_than: str | None) -> int:
     """The default cache store: its size, or clear it (only entries older than an age)."""
     from ._cache import SQLiteStore
 
     store = SQLiteStore()
     if action == "clear":
-        age = _seconds(older_than, "--older-than") if older_than else None
+        age = window(older_than, "--older-than") if older_than else None
         print(f"removed {store.clear(age)} entries")
     else:
         print("{entries} entries, {bytes} bytes in {path}".format(**store.stats()))
     return 0
 
 
+def _add_cache(commands: Any) -> None:
+    parser = _command(commands, "cache", "the default cache store: its size, or clear it",
+                      lambda o: cache(o.action, o.older_than))
+    parser.add_argument("action", choices=["stats", "clear"])
+    parser.add_argument("--older-than", metavar="AGE", help="clear: only entries written over "
+                        "AGE ago (7d, 12h), and the expired ones")
+
+
+COMMANDS = [_add_ask, _add_demo, _add_usage, _add_models, _add_dashboard, _add_cache]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ember",
-                                     description="ask a model, or: demo|usage|models|cache")
-    parser.add_argument("prompt", help="the prompt, or a command")
-    parser.add_argument("action", nargs="?", choices=["stats", "clear"], help="cache: what to do")
-    parser.add_argument("-m", "--model", default=DEMO_MODEL, help=f"default {DEMO_MODEL}")
-    parser.add_argument("--since", default="36500d", help="usage: e.g. 7d or 12h")
-    parser.add_argument("--json", action="store_true", help="usage: as JSON")
-    parser.add_argument("--provider", help="models: only this provider's")
-    parser.add_argument("--older-than", help="cache clear: only entries older, e.g. 7d")
-    o = parser.parse_args(argv)  # None: the command line
-    commands: dict[str, Callable[[], int]] = {"demo": demo, "usage": lambda: usage(o.since, o.json),
-                "models": lambda: known(o.provider),
-                "cache": lambda: cache(o.action, o.older_than)}
+    parser = argparse.ArgumentParser(prog="ember", description="Call language models and know "
+                                     'what they cost. `ember "prompt"` is `ember ask "prompt"`.')
+    commands = parser.add_subparsers(title="commands", required=True)
+    for add in COMMANDS:
+        add(commands)
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] not in (*commands.choices, "-h", "--help"):
+        args = ["ask", *args]  # ember "prompt" -m MODEL
+    o = parser.parse_args(args)
     try:
-        return commands.get(o.prompt, lambda: ask(o.prompt, o.model))()
-    except (EmberError, sqlite3.Error) as error:
+        return int(o.run(o))
+    except MissingKey as error:  # the command line has no api_key= to pass
+        print(f"ember: no API key for {error.provider}: set {' or '.join(error.variables)}",
+              file=sys.stderr)
+    except (EmberError, sqlite3.Error, OSError) as error:  # OSError: a port in use, say
         print(f"ember: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    return 1

@@ -15,6 +15,9 @@
         └── Refused             the model refused, or the provider's filters blocked, the
                                 answer: .response (billed, finish_reason "refused"/"blocked")
 
+    UnknownPrice                a warning (UserWarning), once per model of unknown price:
+                                its calls have cost=None
+
 A mistake in the user's own code (a wrong argument to a decorated function, say) is never
 wrapped: it stays Python's own error. No message ever contains an API key.
 """
@@ -24,7 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-           "ProviderError", "ProviderTimeout", "RateLimited", "Refused", "UnknownModel"]
+           "ProviderError", "ProviderTimeout", "RateLimited", "Refused", "UnknownModel",
+           "UnknownPrice"]
 
 
 class EmberError(Exception):
@@ -36,7 +40,12 @@ class ConfigError(EmberError, ValueError):
 
 
 class MissingKey(ConfigError):
-    """No API key was found for a provider."""
+    """No API key was found for a provider; `.variables` can hold one."""
+
+    def __init__(self, provider: str, variables: tuple[str, ...]) -> None:
+        self.provider, self.variables, wanted = provider, variables, " or ".join(variables)
+        super().__init__(f"No API key for {provider}: set {wanted} in the environment, or pass "
+                         "api_key=...")
 
 
 class UnknownModel(ConfigError):
@@ -46,6 +55,10 @@ class UnknownModel(ConfigError):
         hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
         super().__init__(message + hint)
         self.suggestions = suggestions
+
+
+class UnknownPrice(UserWarning):
+    """Warned once per model whose price is unknown: its calls have cost=None."""
 
 
 class BudgetExceeded(EmberError):

@@ -29,7 +29,7 @@ PROVIDERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 PREFIXES = {"gpt-": "openai", "o1": "openai", "o3": "openai", "o4": "openai",
             "chatgpt-": "openai", "text-embedding-": "openai", "claude-": "anthropic",
             "gemini-": "google", "smollm2": "local"}
-LOCAL_MODELS = ["smollm2-135m-instruct"]
+LOCAL_MODELS = ["smollm2"]
 
 
 def _suggest(name: str, choices: list[str]) -> list[str]:
@@ -51,11 +51,11 @@ def resolve(model: str) -> tuple[str, str]:
             return provider, model
     from .._prices import known_models
 
-    known = [f"{p}/{m}" for p in ("openai", "anthropic", "google") for m in known_models(p)]
-    known += [f"local/{m}" for m in LOCAL_MODELS]
-    close = _suggest(model, [k.split("/", 1)[1] for k in known])  # at most 3
+    known = {m: f"{p}/{m}" for p in ("google", "anthropic", "openai") for m in known_models(p)
+             if ":" not in m}  # canonical names, not fine-tune keys; a name's home provider wins
+    known |= {m: f"local/{m}" for m in LOCAL_MODELS}
     raise UnknownModel(f"Unknown model {model!r}: write 'provider/model' (providers: "
-                       f"{', '.join(PROVIDERS)}).", [k for k in known if k.split("/")[1] in close])
+                       f"{', '.join(PROVIDERS)}).", [known[m] for m in _suggest(model, [*known])])
 
 
 @functools.cache
@@ -75,6 +75,5 @@ def key(provider: str, given: str | None, url: str) -> str | None:
     variables = PROVIDERS[provider][2]
     found = given or next((os.environ[v] for v in variables if os.environ.get(v)), None)
     if found is None and variables and url == PROVIDERS[provider][1]:
-        raise MissingKey(f"No API key for {provider}: set {' or '.join(variables)} in the "
-                         "environment, or pass api_key=...")
+        raise MissingKey(provider, variables)
     return found

@@ -22,7 +22,7 @@ from ..errors import ConfigError, ProviderError
 from . import openai
 from .openai import decode, decode_event
 
-__all__ = ["decode", "decode_event", "encode", "events", "post"]
+__all__ = ["decode", "decode_event", "encode", "events", "load", "post"]
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-local")
@@ -43,6 +43,11 @@ def _model() -> Any:
     params.n_ctx, params.n_parallel, params.verbosity = 2048, 1, -1
     params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1  # 2 threads stall here
     return xllamacpp.Server(params)
+
+
+def load() -> None:
+    """Load the model now (on its worker thread), not in the first call's time."""
+    _worker.submit(_model).result()
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
