@@ -3,8 +3,10 @@
 Results come back in input order. A failed item never throws away the others: every
 item runs to its end, then one PartialFailure carries every finished result and each
 failure with its index (`errors="return"` puts the exceptions in place instead).
-Cancelling (Ctrl-C) stops scheduling new items at once. Async functions run on the event
-loop, sync ones on worker threads, under the same `concurrency` bound. parallel shows a
+Cancelling (Ctrl-C) stops scheduling new items at once, and cancels the calls in flight:
+those of a sync function too, which its worker threads started on ember's loop (see
+_loop.Scope). Async functions run on the event loop, sync ones on worker threads, under
+the same `concurrency` bound. parallel shows a
 progress bar on stderr (tqdm: done/total, rate, failures, cost so far), by default only
 when stderr is a terminal; `progress=True/False` forces it.
 
@@ -19,8 +21,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from ._loop import run
+from ._loop import Scope, run, scope
 from ._spend import Tracker
+from ._types import number
 from .errors import ConfigError, PartialFailure
 
 __all__ = ["aparallel", "gather", "parallel", "vote"]
@@ -31,9 +34,7 @@ async def _each(fn: Callable[[Any], Awaitable[Any]], items: list[Any], concurren
     """`await fn(item)` for every item, at most `concurrency` at once, results in order."""
     import asyncio  # on first use: `import ember` stays light
 
-    if errors not in ("raise", "return") or not (concurrency is None or concurrency >= 1):
-        raise ConfigError(f"errors= takes 'raise' or 'return', and concurrency= a number of at "
-                          f"least 1: not errors={errors!r}, concurrency={concurrency!r}")
+    _check(concurrency, errors)
     results: list[Any] = [None] * len(items)
     todo = iter(enumerate(items))
 
@@ -50,6 +51,12 @@ async def _each(fn: Callable[[Any], Awaitable[Any]], items: list[Any], concurren
     if failures and errors == "raise":
         raise PartialFailure(results, failures)
     return results
+
+
+def _check(concurrency: int | None, errors: str) -> None:
+    if errors not in ("raise", "return") or not (concurrency is None or number(concurrency, 1)):
+        raise ConfigError(f"errors= takes 'raise' or 'return', and concurrency= a number of at "
+                          f"least 1: not errors={errors!r}, concurrency={concurrency!r}")
 
 
 async def gather(*awaitables: Awaitable[Any], concurrency: int | None = None,
@@ -76,10 +83,12 @@ class _Run(Tracker):
         self.threads = ThreadPoolExecutor(max(concurrency, 1), thread_name_prefix="ember-parallel")
         shown = progress or (progress is None and sys.stderr.isatty())
         self.bar = tqdm(total=total, desc=self.tag, file=sys.stderr, disable=not shown)
+        self.sent = Scope()  # the calls its worker threads start: cancelled with the run
 
     async def _threaded(self, item: Any) -> Any:
         """A sync function's call, on a worker thread."""
         context = contextvars.copy_context()  # the thread sees this task's track and budget
+        context.run(scope.set, self.sent)
         result = await self.loop.run_in_executor(self.threads, context.run, self.fn, item)
         return await result if hasattr(result, "__await__") else result  # a lambda's coroutine
 
@@ -90,6 +99,7 @@ class _Run(Tracker):
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__()
+        self.sent.cancel()
         self.threads.shutdown(wait=False, cancel_futures=True)  # when cancelled: no waiting
         self.bar.close()
 
@@ -98,6 +108,7 @@ async def aparallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency:
                     progress: bool | None = None, errors: str = "raise") -> list[Any]:
     """Async twin of parallel()."""
     items = list(items)
+    _check(concurrency, errors)
     with _Run(fn, len(items), concurrency, progress) as work:
         return await _each(work.call, items, concurrency, errors, work.step)
 

@@ -10,7 +10,8 @@
     └── ProviderError           the provider refused or failed, after retries:
         │                       .provider, .status (None without an HTTP answer), .message
         ├── RateLimited         429 (or an overloaded 529) still there after retries
-        └── ProviderTimeout     no answer within `timeout` seconds (also a TimeoutError)
+        └── ProviderTimeout     no answer within `timeout` seconds of silence, or within
+                                `deadline` (also a TimeoutError); says what was tried
 
 A mistake in the user's own code (a wrong argument to a decorated function, say) is never
 wrapped: it stays Python's own error. No message ever contains an API key.
@@ -30,6 +31,12 @@ class EmberError(Exception):
 
 class ConfigError(EmberError, ValueError):
     """The call cannot be made as written; the message says what to change."""
+
+    @classmethod
+    def check(cls, ok: bool, name: str, value: object, accepted: str) -> None:
+        """Unless `ok`, raise one that names the parameter and the values it accepts."""
+        if not ok:
+            raise cls(f"{name}= takes {accepted}, not {value!r:.60}")
 
 
 class MissingKey(ConfigError):
