@@ -50,7 +50,8 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
     check(number(retries, 0, whole=True), "retries", retries, "a whole number >= 0")
     max_tokens = params.get("max_tokens", 1)
     check(number(max_tokens, 1, whole=True), "max_tokens", max_tokens, "a whole number >= 1")
-    check(api_key is None or isinstance(api_key, str), "api_key", type(api_key), "a str")
+    check(api_key is None or (isinstance(api_key, str) and api_key.isprintable()), "api_key", "***",
+          "a str without control characters (a key read from a file may end in a newline)")
     chat = [m for m in messages if m["role"] != "system"]
     store = _cache.store_for(cache, stream)
     return Request(provider, name, chat, params, "\n\n".join(systems) or None, url,

@@ -54,9 +54,10 @@ async def _each(fn: Callable[[Any], Awaitable[Any]], items: list[Any], concurren
 
 
 def _check(concurrency: int | None, errors: str) -> None:
-    if errors not in ("raise", "return") or not (concurrency is None or number(concurrency, 1)):
-        raise ConfigError(f"errors= takes 'raise' or 'return', and concurrency= a number of at "
-                          f"least 1: not errors={errors!r}, concurrency={concurrency!r}")
+    counted = concurrency is None or number(concurrency, 1, whole=True)
+    if errors not in ("raise", "return") or not counted:
+        raise ConfigError(f"errors= takes 'raise' or 'return', and concurrency= a whole number of "
+                          f"at least 1: not errors={errors!r}, concurrency={concurrency!r}")
 
 
 async def gather(*awaitables: Awaitable[Any], concurrency: int | None = None,
@@ -69,7 +70,7 @@ class _Run(Tracker):
     """One run of parallel(): a tracker of its usage (tagged with the function's
     name in the usage log), its worker threads and its progress bar."""
 
-    def __init__(self, fn: Callable[[Any], Any], total: int, concurrency: int,
+    def __init__(self, fn: Callable[[Any], Any], total: int, concurrency: int | None,
                  progress: bool | None) -> None:
         super().__init__(tag=getattr(fn, "__qualname__", None))
         import asyncio
@@ -80,7 +81,8 @@ class _Run(Tracker):
 
         self.fn, self.failed, self.loop = fn, 0, asyncio.get_running_loop()
         self.call = fn if inspect.iscoroutinefunction(fn) else self._threaded
-        self.threads = ThreadPoolExecutor(max(concurrency, 1), thread_name_prefix="ember-parallel")
+        self.threads = ThreadPoolExecutor(concurrency or max(total, 1),  # None: all at once
+                                          thread_name_prefix="ember-parallel")
         shown = progress or (progress is None and sys.stderr.isatty())
         self.bar = tqdm(total=total, desc=self.tag, file=sys.stderr, disable=not shown)
         self.sent = Scope()  # the calls its worker threads start: cancelled with the run
@@ -104,7 +106,7 @@ class _Run(Tracker):
         self.bar.close()
 
 
-async def aparallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int = 16,
+async def aparallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int | None = 16,
                     progress: bool | None = None, errors: str = "raise") -> list[Any]:
     """Async twin of parallel()."""
     items = list(items)
@@ -113,7 +115,7 @@ async def aparallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency:
         return await _each(work.call, items, concurrency, errors, work.step)
 
 
-def parallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int = 16,
+def parallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int | None = 16,
              progress: bool | None = None, errors: str = "raise") -> list[Any]:
     """`[fn(item) for item in items]`, `concurrency` calls at a time, results in order."""
     return run(aparallel(fn, items, concurrency, progress, errors))
