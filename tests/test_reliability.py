@@ -69,15 +69,18 @@ def test_a_server_that_never_accepts_fails_fast_saying_so():
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)  # never accepted: once its queue is full, connections hang
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with_password = url.replace("//", "//me:hunter2@")
         for _ in range(3):
             sock = queued.enter_context(socket.socket())
             sock.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 sock.connect(listener.getsockname())
         start = time.monotonic()
-        with pytest.raises(ProviderTimeout, match=f"could not connect to {url}/v1 within 0.3s"):
-            models(GPT, "Hi", api_key="k", base_url=f"{url}/v1", timeout=0.3)
+        with pytest.raises(ProviderTimeout) as caught:
+            models(GPT, "Hi", base_url=f"{with_password}/v1", timeout=0.3)  # no key: no header
         assert time.monotonic() - start < 3
+    assert f"could not connect to {url}/v1 within 0.3s (2 attempt(s)" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
 
 
 def test_deadline_bounds_a_silent_call_without_a_retry(openai_srv: OpenAIServer):
@@ -286,7 +289,8 @@ def test_a_200_of_the_wrong_shape_is_retried_then_quoted(fixture: str, model: st
 @pytest.mark.filterwarnings("ignore:ember. usage log not written")
 def test_rows_survive_a_log_locked_by_another_process_longer_than_sqlite_waits(
         openai_srv: OpenAIServer, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(_sqlite, "BUSY", 0.2)  # stands for the 5 s SQLite waits by default
+    real = sqlite3.connect  # a 0.2 s wait for the lock stands for the 5 s ember allows
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real(*a, **{**k, "timeout": 0.2}))
     models(GPT, "Hi")
     assert log_rows() == 1
     holder = python(f"""

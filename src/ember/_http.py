@@ -88,7 +88,8 @@ def _timeout(call: Call, connecting: bool = False) -> ProviderTimeout:
     if req.deadline and spent >= req.deadline:
         what = f"no whole answer within deadline={req.deadline:g}s"
     elif connecting:
-        what = f"could not connect to {req.base_url} within {min(CONNECT, req.timeout):g}s"
+        where = re.sub(r"//[^/@]*@", "//", req.base_url)  # without credentials in the URL
+        what = f"could not connect to {where} within {min(CONNECT, req.timeout):g}s"
     else:
         what = f"no answer within timeout={req.timeout:g}s of silence"
     return ProviderTimeout(req.provider, None, f"{what} ({call.retries + 1} attempt(s), "

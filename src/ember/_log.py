@@ -63,10 +63,9 @@ def _write() -> None:
     unwritten: dict[str, list[tuple[Any, ...]]] = {}  # by folder
     while True:
         items: list[Any] = []
-        with contextlib.suppress(queue.Empty):
+        with contextlib.suppress(queue.Empty):  # or, with rows unwritten, RETRY seconds pass
             items.append(_rows.get(timeout=RETRY if unwritten else None))
-        time.sleep(BATCH)
-        with contextlib.suppress(queue.Empty):
+            time.sleep(BATCH)
             while True:
                 items.append(_rows.get_nowait())
         for item in items:

@@ -6,9 +6,9 @@ failure with its index (`errors="return"` puts the exceptions in place instead).
 Cancelling (Ctrl-C) stops scheduling new items at once, and cancels the calls in flight:
 those of a sync function too, which its worker threads started on ember's loop (see
 _loop.Scope). Async functions run on the event loop, sync ones on worker threads, under
-the same `concurrency` bound. parallel shows a
-progress bar on stderr (tqdm: done/total, rate, failures, cost so far), by default only
-when stderr is a terminal; `progress=True/False` forces it.
+the same `concurrency` bound (None: all at once). parallel shows a progress bar on stderr
+(tqdm: done/total, rate, failures, cost so far), by default only when stderr is a
+terminal; `progress=True/False` forces it.
 
 Left out, for the line budget: `batch`/`@batch` (static and dynamic batching, with
 `models.embed`) and `limit` (pacing). They are built and tested, with the cache, on the

@@ -8,9 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["BUSY", "connect", "home"]
-
-BUSY = 5.0  # seconds to wait for a lock held by another process before giving up (for now)
+__all__ = ["connect", "home"]
 
 
 def home(folder: str = "") -> Path:
@@ -24,7 +22,7 @@ def connect(path: Path | str, migrations: list[tuple[str, str]]) -> sqlite3.Conn
     """Open (or create) a database file and apply the migrations it has not seen yet."""
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # owner-only before SQLite opens it
     os.chmod(path, 0o600)
-    db = sqlite3.connect(path, timeout=BUSY, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
     for _ in range(100):  # WAL: several processes at once; the -wal and -shm files take its mode
         with contextlib.suppress(sqlite3.OperationalError):  # locked while another process
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":  # creates it, and

@@ -1,7 +1,6 @@
 """The values every call passes along: Request in, Usage and Response out, Call between."""
 
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,10 +10,10 @@ Json = dict[str, Any]  # a decoded JSON object: a request body or an answer
 
 
 def number(value: object, low: float, whole: bool = False) -> bool:
-    """Whether a setting is a number from `low` up that a float can hold (an int if `whole`;
-    never nan, inf or a bool)."""
+    """Whether a setting is a number from `low` to 1e308, which a float can hold (an int if
+    `whole`; never nan, inf or a bool)."""
     return isinstance(value, int if whole else int | float) and not isinstance(value, bool) \
-        and low <= value <= sys.float_info.max
+        and low <= value <= 1e308
 
 
 @dataclass(frozen=True, slots=True)
