@@ -69,6 +69,7 @@ async def _send(req: Request) -> Response:
     """Reserve budget, wait for a turn, send through the provider, settle and record."""
     provider = providers.module(req.provider)
     url, headers, body = provider.encode(req)
+    cost(req.provider, req.model, Usage())  # the price data is loaded before sending, not after
     with _spend.spending(req, body) as call:
         async with _pace.turn(call, body):  # decoded by the transport: a bad shape is retried
             data, (text, usage) = await provider.post(
@@ -97,6 +98,7 @@ class Stream:
         url, headers, body = provider.encode(req)
         parts: list[str] = []
         usage, last = Usage(), {}
+        cost(req.provider, req.model, usage)  # the price data is loaded before sending
         with _spend.spending(req, body) as call:
             async with _pace.turn(call, body):
                 try:

@@ -167,7 +167,6 @@ def _reserve(req: Request, body: dict[str, Any]) -> Any:
 @contextlib.contextmanager
 def spending(req: Request, body: dict[str, Any]) -> Iterator[Call]:
     """Reserve budget for one call, then settle and record it however it ends."""
-    cost(req.provider, req.model, Usage())  # price data loaded before sending, not after
     call, error = Call(req, hold=_reserve(req, body)), None
     try:
         yield call
