@@ -88,8 +88,9 @@ async def test_a_failed_list_puts_its_exception_at_each_of_its_items():
 
 def test_bad_settings_are_refused_before_anything_runs():
     calls: list[Any] = []
-    for settings in [{"size": 0}, {"errors": "ignore"}]:
-        with pytest.raises(ConfigError, match="size >= 1"):
+    for settings, named in [({"size": 0}, "size"), ({"size": 1.5}, "size"),
+                            ({"errors": "ignore"}, "errors")]:
+        with pytest.raises(ConfigError, match=named):
             batch(calls.append, [1, 2], **settings)
     with pytest.raises(ConfigError, match="wait_ms"):
         batch(size=4, wait_ms=-1)

@@ -60,9 +60,9 @@ async def test_embedded_calls_run_one_at_a_time_without_blocking_the_loop():
 
 def test_a_bad_parameter_is_the_models_own_error():
     try:
-        models("local/smollm2", "Hi", max_tokens="many")
+        models("local/smollm2", "Hi", temperature="hot")  # max_tokens is ember's to check
     except ProviderError as error:
-        assert error.provider == "local" and error.status == 400 and "max_tokens" in error.message
+        assert error.provider == "local" and error.status == 400 and "temperature" in error.message
     else:
         raise AssertionError("expected a ProviderError")
 

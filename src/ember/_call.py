@@ -5,9 +5,11 @@ the provider module and the transport, decodes the answer and records what it co
 answer the model refused or the provider blocked raises Refused (it is billed all the same).
 models.embed takes the same steps, with the texts as the Request's user messages and the
 provider's encode_embed/decode_embed (openai and google have them).
+A setting ember cannot use is a ConfigError naming it, before anything is sent.
 """
 
 
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import astuple
@@ -16,33 +18,48 @@ from typing import Any
 from . import _cache, _pace, _spend, providers
 from ._loop import iterate, run
 from ._prices import cost
-from ._types import Call, Finish, Request, Response, Usage
+from ._types import Call, Finish, Request, Response, Usage, number
 from .errors import ConfigError, Refused
 
 __all__ = ["Model", "Stream", "models"]
 
-TIMEOUT = 30.0  # seconds without a byte from the server before an attempt is abandoned
+# The official SDKs wait 600 s for a byte (OpenAI, Anthropic: whose SDK refuses a
+# non-streaming call expected to pass 10 minutes), so a long answer is never cut short
+TIMEOUT = 600.0  # seconds without a byte from the server before an attempt is abandoned
 RETRIES = 3
 Prompt = str | list[dict[str, Any]]
 
 
 def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: str | None = None,
             base_url: str | None = None, timeout: float = TIMEOUT, retries: int = RETRIES,
-            stream: bool = False, cache: Any = None, **params: Any) -> Request:
+            deadline: float | None = None, stream: bool = False, cache: Any = None,
+            **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m
-                                                 for m in messages):
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise TypeError(f"prompt must be a str or a list of {{'role', 'content'}} dicts, "
                         f"not {prompt!r:.60}")
+    check = ConfigError.check
+    check(all("role" in m and "content" in m for m in messages), "prompt", prompt,
+          "a str or a list of messages that each have a 'role' and a 'content'")
     systems = [system] if system else []  # system= first, then any system messages
     systems += [m["content"] for m in messages if m["role"] == "system"]
-    url = providers.base_url(provider, base_url)
+    check(all(isinstance(text, str) for text in systems), "system", systems, "text")
+    url = providers.base_url(provider, base_url) if isinstance(base_url, str | None) else ""
+    check(provider == "local" or re.match(r"https?://[^/?#\s]", url) is not None, "base_url",
+          str(url or base_url).rpartition("@")[2], "an http(s) URL such as http://host:8000/v1")
+    check(number(timeout, 0.001), "timeout", timeout, "seconds >= 0.001 (default 600)")
+    check(deadline is None or number(deadline, 0.001), "deadline", deadline, "seconds or None")
+    check(number(retries, 0, whole=True), "retries", retries, "a whole number >= 0")
+    max_tokens = params.get("max_tokens", 1)
+    check(number(max_tokens, 1, whole=True), "max_tokens", max_tokens, "a whole number >= 1")
+    check(api_key is None or (isinstance(api_key, str) and api_key.isprintable()), "api_key", "***",
+          "a str without control characters (a key read from a file may end in a newline)")
     chat = [m for m in messages if m["role"] != "system"]
     store = _cache.store_for(cache, stream)
     return Request(provider, name, chat, params, "\n\n".join(systems) or None, url,
-                   providers.key(provider, api_key, url), timeout, retries, stream, store)
+                   providers.key(provider, api_key, url), timeout, retries, stream, store, deadline)
 
 
 async def send(req: Request) -> Response:
@@ -56,10 +73,11 @@ async def _send(req: Request) -> Response:
     """Reserve budget, wait for a turn, send through the provider, settle and record."""
     provider = providers.module(req.provider)
     url, headers, body = provider.encode(req)
+    cost(req.provider, req.model, Usage())  # the price data is loaded before sending, not after
     with _spend.spending(req, body) as call:
-        async with _pace.turn(call, body):
-            data = await provider.post(call, url, headers, body)
-        text, usage, end = provider.decode(data)
+        async with _pace.turn(call, body):  # decoded by the transport: a bad shape is retried
+            data, (text, usage, end) = await provider.post(
+                call, url, headers, body, decode=lambda data: (data, provider.decode(data)))
         call.response = _response(call, text, usage, end, data)
         _answered(call.response)
     return call.response
@@ -94,6 +112,7 @@ class Stream:
         usage: Usage | None = None
         end: Finish | None = None
         last, done = {}, False
+        cost(req.provider, req.model, Usage())  # the price data is loaded before sending
         with _spend.spending(req, body) as call:
             async with _pace.turn(call, body):
                 try:
@@ -116,6 +135,13 @@ class Stream:
         return iterate(self.__aiter__())
 
 
+class _Hidden(str):
+    """A key in a Model's settings: sent as it is, but its repr (and so vars()) hides it."""
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
 class Model:
     """A model with bound settings: `gpt = models.instance("gpt-4o", temperature=0)`,
     then `gpt("hi")`, `await gpt.acall("hi")`, `gpt.stream("hi")`. A call's own settings win.
@@ -123,6 +149,8 @@ class Model:
 
     def __init__(self, model: str, **defaults: Any) -> None:
         providers.resolve(model)  # fail now, not at the first call
+        if isinstance(defaults.get("api_key"), str):
+            defaults["api_key"] = _Hidden(defaults["api_key"])
         self.model, self.defaults = model, defaults
 
     def __call__(self, prompt: Prompt, **params: Any) -> Response:
@@ -147,8 +175,9 @@ class Models:
     `model` is 'provider/model' or a well-known bare name (gpt-*, o1/o3/o4*, chatgpt-*,
     claude-*, gemini-*); `prompt` a string or a list of {'role', 'content'} messages.
     Common params: system, temperature, max_tokens, stop. ember's own: api_key, base_url,
-    timeout (seconds of silence per attempt, default 30), retries (default 3) and cache
-    (True, seconds to keep, or a store; off by default). Every other parameter goes to the
+    timeout (seconds of silence per attempt, default 600), retries (default 3), deadline
+    (seconds for the whole call, default None) and cache (True, seconds to keep, or a store;
+    off by default). Every other parameter goes to the
     provider as it is.
     """
 

@@ -1,21 +1,28 @@
 """The pooled transport: POST JSON (or read server-sent events) with timeouts and retries.
 
 Retried, with exponential backoff and full jitter: 408, 409, 429, 5xx, connection
-errors, timeouts, and a 200 whose body is truncated or not JSON. `retry-after-ms` and
-`retry-after` are honoured with jitter added (so concurrent callers do not retry in
-lockstep) up to MAX_WAIT seconds; a provider that asks for longer is not waited for;
-Gemini's wait comes in its error body (RetryInfo's retryDelay), honoured alike.
-A timed-out attempt is retried once: a server that hangs costs two timeouts, not four.
+errors, timeouts, and a 200 whose body is truncated, not JSON, or JSON of another shape.
+`retry-after-ms` and `retry-after` are honoured with jitter added (so concurrent callers
+do not retry in lockstep) up to MAX_WAIT seconds; a provider that asks for longer is not
+waited for; Gemini's wait comes in its error body (RetryInfo's retryDelay), honoured
+alike. A timed-out attempt is retried once: a server that hangs costs two timeouts, not
+four. A call's `deadline` bounds everything: attempts, waits and reading a stream.
 Not retried: every other status (400, 401, 403, 404...), nor OpenAI's 429 for an exhausted
-quota (`insufficient_quota`: billing). aiohttp is imported on first use.
+quota (`insufficient_quota`: billing). Redirects are never followed: the key goes to the
+configured origin only. Connections are pooled per event loop and bounded per host (see
+_pool_size), so that thousands of calls at once queue for a connection instead of running
+out of file descriptors. aiohttp is imported on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
+import math
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -32,6 +39,7 @@ __all__ = ["events", "post", "retry_delay"]
 BACKOFF = 0.5  # seconds: the first retry waits up to this, doubling each time
 MAX_BACKOFF = 8.0
 MAX_WAIT = 60.0  # the longest retry-after ember will honour
+CONNECT = 10.0  # seconds to open a connection (the SDKs allow 5): a dead host fails fast
 _sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, Any]] = {}
 
 
@@ -67,7 +75,7 @@ def _message(body: bytes | dict[str, Any]) -> str:
         error = data.get("error", data)
         return str(error.get("message") or error) if isinstance(error, dict) else str(error)
     except (ValueError, AttributeError):
-        return body.decode(errors="replace")[:500] if isinstance(body, bytes) else str(body)
+        return body.decode(errors="replace") if isinstance(body, bytes) else str(body)
 
 
 def _hints(body: bytes, wait: float | None) -> tuple[bool, float | None]:
@@ -84,12 +92,28 @@ def _hints(body: bytes, wait: float | None) -> tuple[bool, float | None]:
 
 def _error(req: Request, status: int | None, message: str, request_id: str | None = None,
            quota: bool = False) -> ProviderError:
+    """The error to raise: the key hidden (in any case) before the message is cut."""
     if req.api_key:
-        message = message.replace(req.api_key, "***")
+        message = re.sub(re.escape(req.api_key), "***", message, flags=re.IGNORECASE)
     if quota:  # a billing matter, not a rate: RateLimited would invite waiting it out
         message = f"quota exhausted: check billing: {message}"
     kind = RateLimited if status in (429, 529) and not quota else ProviderError
-    return kind(req.provider, status, message, request_id)
+    return kind(req.provider, status, message[:500], request_id)
+
+
+def _timeout(call: Call, connecting: bool = False) -> ProviderTimeout:
+    """What ran out, what was tried, and which setting changes it."""
+    req, spent = call.request, time.perf_counter() - call.start
+    if req.deadline and spent >= req.deadline:
+        what = f"no whole answer within deadline={req.deadline:g}s"
+    elif connecting:
+        where = re.sub(r"//[^/@]*@", "//", req.base_url)  # without credentials in the URL
+        what = f"could not connect to {where} within {min(CONNECT, req.timeout):g}s"
+    else:
+        what = f"no answer within timeout={req.timeout:g}s of silence"
+    return ProviderTimeout(req.provider, None, f"{what} ({call.retries + 1} attempt(s), "
+                           f"{spent:.1f}s in all); timeout= sets the silence allowed per "
+                           "attempt, deadline= the time for the whole call")
 
 
 async def _close_with_loop(session: aiohttp.ClientSession) -> AsyncIterator[None]:
@@ -101,6 +125,17 @@ async def _close_with_loop(session: aiohttp.ClientSession) -> AsyncIterator[None
         await session.close()
 
 
+def _pool_size() -> int:
+    """Connections per host: a quarter of the file descriptors this process may open, at
+    most 1000; all hosts together take at most half, leaving the rest to the program."""
+    soft = 4000  # where there is no such limit (not a Unix)
+    with contextlib.suppress(ImportError):
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return min(1000, soft // 4) if soft > 0 else 1000  # -1: unlimited
+
+
 async def _session() -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
     if loop not in _sessions:
@@ -108,7 +143,9 @@ async def _session() -> aiohttp.ClientSession:
 
         for old in [old for old in _sessions if old.is_closed()]:
             del _sessions[old]
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        size = _pool_size()
+        connector = aiohttp.TCPConnector(limit=2 * size, limit_per_host=size)
+        session = aiohttp.ClientSession(connector=connector)
         closer = _close_with_loop(session)
         await closer.__anext__()
         _sessions[loop] = (session, closer)
@@ -116,44 +153,57 @@ async def _session() -> aiohttp.ClientSession:
 
 
 async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, Any],
-               stream: bool = False) -> Any:
-    """POST `body` as JSON, with retries: the decoded JSON answer (a 200), or with
+               stream: bool = False, decode: Any = None) -> Any:
+    """POST `body` as JSON, with retries: the JSON answer of a 200, passed through `decode`
+    if given (an answer it cannot read is retried like a truncated one), or with
     `stream=True` the open response to read events from."""
     import aiohttp
 
     req, session = call.request, await _session()
-    timeout = aiohttp.ClientTimeout(sock_connect=req.timeout, sock_read=req.timeout)
     timeouts = 0  # a server that hangs gets a second chance, not a fourth
     call.start = call.start or time.perf_counter()
+    end = call.start + req.deadline if req.deadline else math.inf
     for attempt in range(req.retries + 1):
         wait = None
+        timeout = aiohttp.ClientTimeout(total=req.deadline and end - time.perf_counter(),
+                                        sock_connect=min(CONNECT, req.timeout),
+                                        sock_read=req.timeout)
         try:
-            resp = await session.post(url, json=body, headers=headers, timeout=timeout)
+            resp = await session.post(url, json=body, headers=headers, timeout=timeout,
+                                      allow_redirects=False)
             wait = _retry_after(resp.headers)
             call.request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
-            if resp.status != 200:
-                quota, wait = _hints(answer := await resp.read(), wait)
+            answer = b"" if resp.status == 200 and stream else await resp.read()
+            quota, wait = _hints(answer, wait) if resp.status != 200 else (False, wait)
             learn(req, resp.status, resp.headers, wait)
             call.rate_limited += resp.status == 429
+            if resp.status == 200 and stream:
+                return resp
             if resp.status == 200:
-                return resp if stream else json.loads(await resp.read())
-            error = _error(req, resp.status, _message(answer), call.request_id, quota)
-            retriable = not quota and (resp.status in (408, 409, 429) or resp.status >= 500)
-            if not retriable or (wait is not None and wait > MAX_WAIT):
-                raise error
-        except TimeoutError:
-            error = ProviderTimeout(req.provider, None, f"no answer within {req.timeout}s")
+                with contextlib.suppress(ValueError, LookupError, TypeError, AttributeError):
+                    return decode(json.loads(answer)) if decode else json.loads(answer)
+                error = _error(req, 200, "the answer was cut short or was not valid JSON of "
+                               f"the expected shape; it began: {answer[:200]!r}",
+                               call.request_id)
+            else:  # a redirect is not followed: that would send the key elsewhere
+                error = _error(req, resp.status, _message(answer) if resp.status >= 400 else
+                               f"redirected to {resp.headers.get('Location')}, not followed",
+                               call.request_id, quota)
+                retriable = not quota and (resp.status in (408, 409, 429) or resp.status >= 500)
+                if not retriable or (wait is not None and wait > MAX_WAIT):
+                    raise error
+        except TimeoutError as exc:
+            error = _timeout(call, isinstance(exc, aiohttp.ConnectionTimeoutError))
             timeouts += 1
-        except json.JSONDecodeError:
-            error = _error(req, 200, "the answer was cut short or was not valid JSON")
         except aiohttp.ClientError as exc:
             hint = " (is Ollama running? set OLLAMA_BASE_URL)" if req.provider == "ollama" else ""
             error = _error(req, None, f"{type(exc).__name__}: {exc}{hint}")
-        if attempt == req.retries or timeouts == 2:
+        delay = retry_delay(attempt, wait)
+        if attempt == req.retries or timeouts == 2 or time.perf_counter() + delay >= end:
             raise error
         call.retries += 1
-        await asyncio.sleep(retry_delay(attempt, wait))
-    raise AssertionError("unreachable")
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 async def events(call: Call, url: str, headers: dict[str, str], body: Json) -> AsyncIterator[Json]:
@@ -177,7 +227,7 @@ async def events(call: Call, url: str, headers: dict[str, str], body: Json) -> A
                     raise _error(req, None, _message(data), call.request_id)
                 yield data
     except TimeoutError:
-        raise ProviderTimeout(req.provider, None, f"stream stalled for {req.timeout}s") from None
+        raise _timeout(call) from None
     except (aiohttp.ClientError, ValueError) as exc:
         raise _error(req, None, f"stream broke: {type(exc).__name__}: {exc}",
                      call.request_id) from None

@@ -3,9 +3,12 @@
 On by default; `EMBER_LOG=0` turns it off. Prompts and answers are stored only with
 `EMBER_LOG_PROMPTS=1`. A row also holds what a call went through: retries, 429s seen,
 seconds waited on pacing, a stream's time to its first text, and for a cache hit the $
-it saved. A background thread writes the rows in batches, so logging never
-slows or fails a call; a log that cannot be written warns once. The schema changes only
-by appending to MIGRATIONS. Tokens and cost are NULL for a call whose usage is unknown.
+it saved. A background thread writes the rows in batches, so logging never slows or fails
+a call. Rows that cannot be written (the file locked by another process, the folder
+unwritable, no file descriptor left) are kept and tried again every RETRY seconds, with
+one warning; they are lost only if the process dies, or past KEEP rows. The schema
+changes only by appending to MIGRATIONS. Tokens and cost are NULL for a call whose usage
+is unknown.
 """
 
 
@@ -39,6 +42,8 @@ MIGRATIONS = [("001_calls", "CREATE TABLE calls (time REAL, provider TEXT, model
 _rows: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
 _writer: list[threading.Thread] = []
 BATCH = 0.05  # seconds the writer lets rows gather before it writes them
+RETRY = 1.0  # seconds before rows that could not be written are tried again
+KEEP = 100_000  # unwritten rows kept at most (later ones are dropped): memory stays bounded
 _start = threading.Lock()
 
 
@@ -68,21 +73,22 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
 def _write() -> None:
     """Wait for a row, let more gather for BATCH seconds, then write them all: one wake-up
     and one transaction per batch, on a connection kept open while the folder stays."""
-    from ._sqlite import connect, home  # sqlite3 on first use
-
     warned, current, db = False, "", None
+    unwritten: dict[str, list[tuple[Any, ...]]] = {}  # by folder
     while True:
-        items = [_rows.get()]
-        time.sleep(BATCH)
-        with contextlib.suppress(queue.Empty):
+        items: list[Any] = []
+        with contextlib.suppress(queue.Empty):  # or, with rows unwritten, RETRY seconds pass
+            items.append(_rows.get(timeout=RETRY if unwritten else None))
+            time.sleep(BATCH)
             while True:
                 items.append(_rows.get_nowait())
-        batches: dict[str, list[tuple[Any, ...]]] = {}
         for item in items:
-            if not isinstance(item, threading.Event):
-                batches.setdefault(item[0], []).append(item[1])
-        for folder, rows in batches.items():
-            try:
+            if not isinstance(item, threading.Event) and len(unwritten.get(item[0], [])) < KEEP:
+                unwritten.setdefault(item[0], []).append(item[1])
+        for folder, rows in list(unwritten.items()):
+            try:  # whatever fails here, the thread lives on and the rows are kept
+                from ._sqlite import connect, home  # sqlite3 on first use
+
                 if db is None or current != folder:
                     if db is not None:
                         db.close()
@@ -90,10 +96,13 @@ def _write() -> None:
                 db.execute("BEGIN")
                 db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 19)})", rows)
                 db.execute("COMMIT")
+                del unwritten[folder]
             except Exception as problem:  # never fail a call for its log row
                 db = None
-                if not warned:
-                    warnings.warn(f"ember: usage log not written ({problem})", stacklevel=1)
+                with contextlib.suppress(Exception):  # even under `-W error`
+                    if not warned:
+                        warnings.warn(f"ember: usage log not written ({problem}); its rows are "
+                                      f"kept and tried again every {RETRY:g}s", stacklevel=1)
                 warned = True
         for item in items:
             if isinstance(item, threading.Event):

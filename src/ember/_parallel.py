@@ -3,10 +3,12 @@
 Results come back in input order. A failed item never throws away the others: every
 item runs to its end, then one PartialFailure carries every finished result and each
 failure with its index (`errors="return"` puts the exceptions in place instead).
-Cancelling (Ctrl-C) stops scheduling new items at once. Async functions run on the event
-loop, sync ones on worker threads, under the same `concurrency` bound. parallel shows a
-progress bar (tqdm: done/total, rate, failures, cost so far), by default on stderr when
-it is a terminal and as the notebook's widget in Jupyter; `progress=True/False` forces it.
+Cancelling (Ctrl-C) stops scheduling new items at once, and cancels the calls in flight:
+those of a sync function too, which its worker threads started on ember's loop (see
+_loop.Scope). Async functions run on the event loop, sync ones on worker threads, under
+the same `concurrency` bound (None: all at once). parallel shows a progress bar (tqdm:
+done/total, rate, failures, cost so far), by default on stderr when it is a terminal and
+as the notebook's widget in Jupyter; `progress=True/False` forces it.
 
 `batch(fn, items, size=32)` calls a function that takes a list with consecutive lists of
 `size` items, under the same rules (a failed batch fails each of its items). `@batch(size=,
@@ -23,8 +25,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from ._loop import run
+from ._loop import Scope, run, scope
 from ._spend import Tracker, active_tag
+from ._types import number
 from .errors import ConfigError, PartialFailure
 
 __all__ = ["abatch", "aparallel", "batch", "gather", "parallel", "vote"]
@@ -35,9 +38,7 @@ async def _each(fn: Callable[[Any], Awaitable[Any]], items: list[Any], concurren
     """`await fn(item)` for every item, at most `concurrency` at once, results in order."""
     import asyncio  # on first use: `import ember` stays light
 
-    if errors not in ("raise", "return") or not (concurrency is None or concurrency >= 1):
-        raise ConfigError(f"errors= takes 'raise' or 'return', and concurrency= a number of at "
-                          f"least 1: not errors={errors!r}, concurrency={concurrency!r}")
+    _check(concurrency, errors)
     results: list[Any] = [None] * len(items)
     todo = iter(enumerate(items))
 
@@ -54,6 +55,13 @@ async def _each(fn: Callable[[Any], Awaitable[Any]], items: list[Any], concurren
     if failures and errors == "raise":
         raise PartialFailure(results, failures)
     return results
+
+
+def _check(concurrency: int | None, errors: str) -> None:
+    counted = concurrency is None or number(concurrency, 1, whole=True)
+    if errors not in ("raise", "return") or not counted:
+        raise ConfigError(f"errors= takes 'raise' or 'return', and concurrency= a whole number of "
+                          f"at least 1: not errors={errors!r}, concurrency={concurrency!r}")
 
 
 async def gather(*awaitables: Awaitable[Any], concurrency: int | None = None,
@@ -77,15 +85,17 @@ class _Run(Tracker):
 
         self.fn, self.failed, self.loop = fn, 0, asyncio.get_running_loop()
         self.call = fn if inspect.iscoroutinefunction(fn) else self._threaded
-        workers = max(concurrency or total, 1)  # None: unbounded, one thread per item at most
-        self.threads = ThreadPoolExecutor(workers, thread_name_prefix="ember-parallel")
+        self.threads = ThreadPoolExecutor(concurrency or max(total, 1),  # None: all at once
+                                          thread_name_prefix="ember-parallel")
         notebook = any(base.__module__ == "tqdm.notebook" for base in tqdm.__mro__)
         shown = progress or (progress is None and (notebook or sys.stderr.isatty()))
         self.bar = tqdm(total=total, desc=self.tag, file=sys.stderr, disable=not shown)
+        self.sent = Scope()  # the calls its worker threads start: cancelled with the run
 
     async def _threaded(self, item: Any) -> Any:
         """A sync function's call, on a worker thread."""
         context = contextvars.copy_context()  # the thread sees this task's track and budget
+        context.run(scope.set, self.sent)
         result = await self.loop.run_in_executor(self.threads, context.run, self.fn, item)
         return await result if hasattr(result, "__await__") else result  # a lambda's coroutine
 
@@ -96,6 +106,7 @@ class _Run(Tracker):
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__()
+        self.sent.cancel()
         self.threads.shutdown(wait=False, cancel_futures=True)  # when cancelled: no waiting
         self.bar.close()
 
@@ -104,6 +115,7 @@ async def aparallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency:
                     progress: bool | None = None, errors: str = "raise") -> list[Any]:
     """Async twin of parallel()."""
     items = list(items)
+    _check(concurrency, errors)
     with _Run(fn, len(items), concurrency, progress) as work:
         return await _each(work.call, items, concurrency, errors, work.step)
 
@@ -126,17 +138,17 @@ def _checked(fn: Callable[..., Any], size: int, out: Any) -> Any:
                      "items: a batch function returns a list with one result per item")
 
 
-def _check(size: int, wait_ms: float, errors: str) -> None:
-    if not (size >= 1 and wait_ms >= 0 and errors in ("raise", "return")):
-        raise ConfigError(f"batch() takes size >= 1, wait_ms >= 0 and errors='raise' or 'return'"
-                          f", not size={size!r}, wait_ms={wait_ms!r}, errors={errors!r}")
+def _sized(size: int, wait_ms: float) -> None:
+    ConfigError.check(number(size, 1, whole=True), "size", size, "a whole number >= 1")
+    ConfigError.check(number(wait_ms, 0), "wait_ms", wait_ms, "a number of milliseconds >= 0")
 
 
 async def abatch(fn: Callable[[list[Any]], Any], items: Iterable[Any], size: int = 32,
                  concurrency: int = 16, progress: bool | None = None,
                  errors: str = "raise") -> list[Any]:
     """Async twin of batch(fn, items)."""
-    _check(size, 0, errors)
+    _sized(size, 0)
+    _check(concurrency, errors)
     items = list(items)
     chunks = [items[start:start + size] for start in range(0, len(items), size)]
     outs = await aparallel(fn, chunks, concurrency, progress, errors="return")
@@ -167,7 +179,7 @@ def batch(fn: Callable[..., Any] | None = None, items: Iterable[Any] | None = No
     """
     if items is not None and fn is not None:
         return run(abatch(fn, items, size, concurrency, progress, errors))
-    _check(size, wait_ms, errors)
+    _sized(size, wait_ms)
     decorate = functools.partial(_grouping, size=size, wait_ms=wait_ms)
     return decorate if fn is None else decorate(fn)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import _log
 from ._prices import cost
-from ._types import Call, Request, Usage
+from ._types import Call, Request, Usage, number
 from .errors import BudgetExceeded, ConfigError
 
 __all__ = ["Budget", "Tracker", "active_tag", "budget", "max_out", "percentile", "record",
@@ -127,6 +127,9 @@ class Budget(_Scope):
     def __init__(self, usd: float | None = None, tokens: int | None = None) -> None:
         if usd is None and tokens is None:
             raise ConfigError("budget() needs a cap: budget(usd=2.00) or budget(tokens=100_000)")
+        ConfigError.check(usd is None or number(usd, 0), "usd", usd, "dollars >= 0")
+        ConfigError.check(tokens is None or number(tokens, 0, whole=True), "tokens", tokens,
+                          "a whole number >= 0")
         self.usd, self.tokens = usd, tokens
         self.spent = self.reserved = 0.0
         self.tokens_used = self.tokens_reserved = 0

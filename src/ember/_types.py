@@ -4,10 +4,17 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Call", "Finish", "Json", "Request", "Response", "Usage", "finish"]
+__all__ = ["Call", "Finish", "Json", "Request", "Response", "Usage", "finish", "number"]
 
 Json = dict[str, Any]  # a decoded JSON object: a request body or an answer
 Finish = tuple[str, str]  # why an answer ended: (ember's word for it, the provider's own)
+
+
+def number(value: object, low: float, whole: bool = False) -> bool:
+    """Whether a setting is a number from `low` to 1e308, which a float can hold (an int if
+    `whole`; never nan, inf or a bool)."""
+    return isinstance(value, int if whole else int | float) and not isinstance(value, bool) \
+        and low <= value <= 1e308
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +53,11 @@ class Request:
     system: str | None = None
     base_url: str = ""
     api_key: str | None = field(default=None, repr=False)
-    timeout: float = 30.0
+    timeout: float = 600.0  # seconds of silence before an attempt is abandoned
     retries: int = 3
     stream: bool = False
     cache: Any = field(default=None, repr=False)  # the store a call is cached in (see _cache)
+    deadline: float | None = None  # seconds for the whole call: attempts, waits and stream
 
 
 @dataclass(slots=True)

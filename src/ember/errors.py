@@ -11,7 +11,8 @@
         │                       .status (None without an HTTP answer), .message, .request_id
         ├── RateLimited         429 (or an overloaded 529) still there after retries (not a
         │                       429 for an exhausted quota: a billing matter, never retried)
-        ├── ProviderTimeout     no answer within `timeout` seconds (also a TimeoutError)
+        ├── ProviderTimeout     no answer within `timeout` seconds of silence, or within
+        │                       `deadline` (also a TimeoutError); says what was tried
         └── Refused             the model refused, or the provider's filters blocked, the
                                 answer: .response (billed, finish_reason "refused"/"blocked")
 
@@ -37,6 +38,12 @@ class EmberError(Exception):
 
 class ConfigError(EmberError, ValueError):
     """The call cannot be made as written; the message says what to change."""
+
+    @classmethod
+    def check(cls, ok: bool, name: str, value: object, accepted: str) -> None:
+        """Unless `ok`, raise one that names the parameter and the values it accepts."""
+        if not ok:
+            raise cls(f"{name}= takes {accepted}, not {value!r:.60}")
 
 
 class MissingKey(ConfigError):

@@ -68,9 +68,9 @@ def _generate(kind: str, body: dict[str, Any], on_chunk: Any = None) -> dict[str
     return result or {}
 
 
-async def post(call: Call, url: str, headers: dict[str, str], body: Json) -> Json:
+async def post(call: Call, url: str, headers: dict[str, str], body: Json, decode: Any) -> Any:
     loop, call.start = asyncio.get_running_loop(), time.perf_counter()
-    return await loop.run_in_executor(_worker, _generate, url, body)
+    return decode(await loop.run_in_executor(_worker, _generate, url, body))
 
 
 async def events(call: Call, url: str, headers: dict[str, str], body: Json) -> AsyncIterator[Json]:

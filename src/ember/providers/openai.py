@@ -55,9 +55,9 @@ def usage(data: dict[str, Any]) -> Usage | None:
                  cache.get("cached_tokens") or 0, cache.get("cache_write_tokens") or 0)
 
 
-def decode(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
-    """Text, usage and why it ended, of an answer or of one streamed chunk: a chat message
-    or delta, or a plain completion (llama.cpp's); a `refusal` is the model's refusal."""
+def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
+    """Text, usage and why it ended, of one streamed chunk or of an answer: a chat delta or
+    message, or a plain completion (llama.cpp's); a `refusal` is the model's refusal."""
     choice = (data.get("choices") or [{}])[0]
     said = choice.get("message") or choice.get("delta") or {}
     text = choice.get("text") or said.get("content") or said.get("refusal") or ""
@@ -65,7 +65,10 @@ def decode(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
     return str(text), usage(data), finish(reason, FINISH)
 
 
-decode_event = decode
+def decode(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
+    """A whole answer, which has a choice (a KeyError if not: an answer of the wrong shape)."""
+    data["choices"][0]
+    return decode_event(data)
 
 
 def decode_embed(data: dict[str, Any]) -> tuple[list[list[float]], Usage | None]:
