@@ -52,10 +52,10 @@ async def _send(req: Request) -> Response:
     provider = providers.module(req.provider)
     url, headers, body = provider.encode(req)
     with _spend.spending(req, body) as call:
-        async with _pace.turn(call, body):
+        async with _pace.turn(call, body):  # ends once the usage is known, for its tpm
             data = await provider.post(call, url, headers, body)
-        text, usage = provider.decode(data)
-        call.response = _response(call, text, usage, data)
+            text, usage = provider.decode(data)
+            call.response = _response(call, text, usage, data)
     return call.response
 
 

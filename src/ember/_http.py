@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ._pace import learn
+from ._pace import again, learn
 from ._types import Call, Json, Request
 from .errors import ProviderError, ProviderTimeout, RateLimited
 
@@ -129,6 +129,7 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
             raise error
         call.retries += 1
         await asyncio.sleep(retry_delay(attempt, wait))
+        await again(call, body)  # a retry is a request the provider counts: it takes a turn
     raise AssertionError("unreachable")
 
 
