@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ._pace import again, learn
+from . import _pace
 from ._types import Call, Json, Request
 from .errors import ProviderError, ProviderTimeout, RateLimited
 
@@ -105,13 +105,13 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
     req, session = call.request, await _session()
     timeout = aiohttp.ClientTimeout(sock_connect=req.timeout, sock_read=req.timeout)
     timeouts = 0  # a server that hangs gets a second chance, not a fourth
-    call.start = call.start or time.perf_counter()
     for attempt in range(req.retries + 1):
-        wait = None
+        await _pace.wait(call, body)  # every attempt waits for its turn: the provider counts it
+        call.start, wait = call.start or time.perf_counter(), None
         try:
             resp = await session.post(url, json=body, headers=headers, timeout=timeout)
             wait = _retry_after(resp.headers)
-            learn(req, resp.status, resp.headers, wait)
+            _pace.learn(req, resp.status, resp.headers, wait)
             if resp.status == 200:
                 return resp if stream else json.loads(await resp.read())
             error = _error(req, resp.status, _message(await resp.read()))
@@ -129,7 +129,6 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
             raise error
         call.retries += 1
         await asyncio.sleep(retry_delay(attempt, wait))
-        await again(call, body)  # a retry is a request the provider counts: it takes a turn
     raise AssertionError("unreachable")
 
 

@@ -33,13 +33,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import math
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future
 
 from . import providers
 from ._prices import FREE
@@ -47,61 +45,46 @@ from ._spend import max_out
 from ._types import Call, Json, Request
 from .errors import ConfigError
 
-if TYPE_CHECKING:
-    import asyncio
-
-__all__ = ["again", "learn", "limit", "turn"]
+__all__ = ["learn", "limit", "turn", "wait"]
 
 MAX_PAUSE = 60.0  # seconds: the longest pause a provider may ask of every call (as _http's)
-KINDS = ("requests", "tokens")
 _lock = threading.Lock()  # guards every limit: they are shared by threads and event loops
 _configured: dict[str, Limit] = {}
 _learned: dict[tuple[str, str, str], Limit] = {}
 
 
 class Places:
-    """`size` places for calls in flight, one count for every thread and event loop."""
+    """`size` places for calls in flight, one count for every thread and event loop. A
+    caller waits in line on a thread-safe Future, which its own loop awaits."""
 
     def __init__(self, size: int) -> None:
-        self.size, self.used = size, 0
-        self.line: deque[asyncio.Future[None]] = deque()  # callers waiting, first come first
+        self.free = size
+        self.line: list[Future[None]] = []  # first come, first served
 
     async def acquire(self) -> None:
         import asyncio
 
         with _lock:
-            if self.used < self.size:
-                self.used += 1
+            if self.free:
+                self.free -= 1
                 return
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = Future[None]()
             self.line.append(waiter)
         try:
-            await waiter
+            await asyncio.wrap_future(waiter)
         except asyncio.CancelledError:
-            with _lock:
-                waiting = waiter in self.line
-                if waiting:
-                    self.line.remove(waiter)
-            if not waiting and not waiter.cancelled():  # handed a place as it was cancelled
+            if not waiter.cancel():  # too late: the place was handed to it, so pass it on
                 self.release()
             raise
 
     def release(self) -> None:
         with _lock:
-            if not self.line:
-                self.used -= 1
-                return
-            waiter = self.line.popleft()  # the place passes to it: `used` stays the same
-        try:
-            waiter.get_loop().call_soon_threadsafe(self._hand, waiter)
-        except RuntimeError:  # its loop is closed: the next in line gets the place
-            self.release()
-
-    def _hand(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.cancelled():  # its caller gave up meanwhile
-            self.release()
-        else:
-            waiter.set_result(None)
+            while self.line:
+                waiter = self.line.pop(0)
+                if waiter.set_running_or_notify_cancel():  # False: it was cancelled
+                    waiter.set_result(None)
+                    return
+            self.free += 1
 
 
 class Limit:
@@ -110,16 +93,14 @@ class Limit:
     def __init__(self, rpm: float | None = None, tpm: float | None = None,
                  concurrency: int | None = None) -> None:
         self.per_minute: dict[str, float | None] = {"requests": rpm, "tokens": tpm}
-        self.next = {"requests": 0.0, "tokens": 0.0}  # time.monotonic() a call may start at
-        self.paused = 0.0  # time.monotonic() when the provider last asked for a pause
+        self.next = {"requests": 0.0, "tokens": 0.0}  # time.monotonic() the next turn is at
+        self.until = 0.0  # time.monotonic() the provider asked every call to wait until
         self.places = Places(concurrency) if concurrency else None
 
-    def pause(self, seconds: float, now: float) -> None:
-        """Hold every call, those already waiting for a turn included, `seconds` from now."""
+    def hold(self, seconds: float, now: float) -> None:
+        """No call starts before `seconds` from now; a longer pause is not waited for."""
         if seconds <= MAX_PAUSE:
-            self.paused = now
-            for kind in KINDS:
-                self.next[kind] = max(self.next[kind], now + seconds)
+            self.until = max(self.until, now + seconds)
 
 
 def limit(target: str, rpm: float | None = None, tpm: float | None = None,
@@ -128,24 +109,24 @@ def limit(target: str, rpm: float | None = None, tpm: float | None = None,
     at most `rpm` requests and `tpm` tokens a minute, and `concurrency` at once. Calling
     it again replaces the target's limits (calls already waiting keep the old ones); with
     no numbers, removes them. Limits learned from the provider apply as well."""
-    for name, value in (("rpm", rpm), ("tpm", tpm), ("concurrency", concurrency)):
+    numbers = {"rpm": rpm, "tpm": tpm, "concurrency": concurrency}
+    for name, value in numbers.items():
         kind = int if name == "concurrency" else (int, float)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)
-                                  or not 0 < value < math.inf):
-            whole = "whole " if kind is int else ""
-            raise ConfigError(f"limit({target!r}): {name}= takes a positive {whole}number, "
-                              f"or None for no limit; not {value!r}")
+                                  or not 0 < value < float("inf")):
+            raise ConfigError(f"limit({target!r}): {name}= takes a positive "
+                              f"{'whole ' * (kind is int)}number, or None; not {value!r}")
     key = target if target in providers.PROVIDERS else "/".join(providers.resolve(target))
-    if rpm is None and tpm is None and concurrency is None:
-        _configured.pop(key, None)
-    else:
+    _configured.pop(key, None)
+    if any(value is not None for value in numbers.values()):
         _configured[key] = Limit(rpm, tpm, concurrency)
 
 
 def _limits(req: Request) -> list[Limit]:
-    """The limits of a call: its provider's and its model's, and what its provider said."""
+    """The limits of a call: its provider's and its model's, and what its provider said
+    (a server on the user's own machine says nothing that counts)."""
     found = [_configured.get(req.provider), _configured.get(f"{req.provider}/{req.model}")]
-    if req.provider not in FREE:  # a server on the user's own machine says nothing
+    if req.provider not in FREE:
         found.append(_learned.setdefault((req.base_url, req.provider, req.model), Limit()))
     return [each for each in found if each is not None]
 
@@ -157,56 +138,50 @@ def _tokens(limits: list[Limit], body: Json) -> int:
     return len(json.dumps(body)) // 4 + (max_out(body) or 0)
 
 
-async def _wait(call: Call, limits: list[Limit], tokens: int) -> None:
-    """Take the next turn under every limit and wait for it; take another if the provider
-    asked for a pause meanwhile."""
+async def wait(call: Call, body: Json) -> None:
+    """Take the next turn under every limit on the call, and wait for it; take another if
+    the provider asked for a pause meanwhile. The transport calls it before each attempt:
+    a retry is a request the provider counts."""
     import asyncio
 
-    charges = {"requests": 1, "tokens": tokens}
+    limits = _limits(call.request)
+    charges = {"requests": 1, "tokens": _tokens(limits, body)}
     while True:
         with _lock:
             now = time.monotonic()
-            start = max([now, *(at for each in limits for at in each.next.values())])
+            start = max([now, *(at for each in limits for at in [each.until, *each.next.values()])])
             for each in limits:
-                for kind, per_minute in each.per_minute.items():
-                    if per_minute:
-                        each.next[kind] = start + 60 * charges[kind] / per_minute
+                for kind, most in each.per_minute.items():
+                    if most:
+                        each.next[kind] = start + 60 * charges[kind] / most
         if start == now:
             return
         call.waited += start - now
         await asyncio.sleep(start - now)
-        if all(each.paused < now for each in limits):
+        if all(each.until <= start for each in limits):
             return
 
 
 @contextlib.asynccontextmanager
 async def turn(call: Call, body: Json) -> AsyncIterator[None]:
-    """Hold a place under every `concurrency` that applies, then wait for the call's turn;
-    when the call ends, give the limits back the tokens it was charged but did not use."""
+    """Hold a place under every `concurrency` on the call while it runs; when it ends, give
+    back the tokens it was charged (by `wait`) but did not use."""
     limits, held, asked = _limits(call.request), list[Places](), time.monotonic()
-    tokens = _tokens(limits, body)
     try:
         for places in [each.places for each in limits if each.places]:
             await places.acquire()
             held.append(places)
         call.waited += time.monotonic() - asked
-        await _wait(call, limits, tokens)
         yield
     finally:
         for places in held:
             places.release()
-    if call.response is not None and tokens:
+    if call.response is not None and (tokens := _tokens(limits, body)):
         used = call.response.usage.input_tokens + call.response.usage.output_tokens
         with _lock:
             for each in limits:
                 if tpm := each.per_minute["tokens"]:
                     each.next["tokens"] -= 60 * (tokens - used) / tpm
-
-
-async def again(call: Call, body: Json) -> None:
-    """A retry's turn (its place in `concurrency` is still held)."""
-    limits = _limits(call.request)
-    await _wait(call, limits, _tokens(limits, body))
 
 
 def _seconds(reset: str) -> float:
@@ -220,11 +195,10 @@ def _seconds(reset: str) -> float:
 def _reported(headers: Mapping[str, str], kind: str) -> tuple[float, float, float] | None:
     """(limit, remaining, seconds to reset) of `kind`, from OpenAI's or Anthropic's headers."""
     for form in ("x-ratelimit-{}-" + kind, "anthropic-ratelimit-" + kind + "-{}"):
-        limit, left, reset = (headers.get(form.format(part)) for part in
-                              ("limit", "remaining", "reset"))
-        if limit and left and reset:
-            with contextlib.suppress(ValueError):
-                return float(limit), float(left), _seconds(reset)
+        most, left, reset = (headers.get(form.format(part), "") for part in
+                             ("limit", "remaining", "reset"))
+        with contextlib.suppress(ValueError):  # absent, or not a number
+            return float(most), float(left), _seconds(reset)
     return None
 
 
@@ -236,15 +210,15 @@ def learn(req: Request, status: int, headers: Mapping[str, str],
     learned = _learned.setdefault((req.base_url, req.provider, req.model), Limit())
     with _lock:
         now = time.monotonic()
-        for kind in KINDS:
+        for kind in ("requests", "tokens"):
             if (found := _reported(headers, kind)) is None:
                 continue
             most, left, reset = found
             paced = most if 0 <= left < most / 2 else None
             if paced and not learned.per_minute[kind]:  # pacing starts: a turn from now
-                learned.next[kind] = max(learned.next[kind], now + 60 / paced)
+                learned.hold(60 / paced, now)
             learned.per_minute[kind] = paced
-            if left == 0:
-                learned.pause(reset, now)
+            if left == 0:  # none left: every call waits for the reset
+                learned.hold(reset, now)
         if status == 429 and retry_after is not None:
-            learned.pause(retry_after, now)
+            learned.hold(retry_after, now)
