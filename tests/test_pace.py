@@ -214,6 +214,17 @@ def test_concurrency_is_one_count_across_threads_and_event_loops(counting_srv: S
     assert counting_srv.most == 3
 
 
+async def test_a_stream_holds_its_place_until_it_has_been_read(counting_srv: Server):
+    limit("openai", concurrency=1)
+    counting_srv.stream_delay = 0.02  # the server sends each event 20 ms after the last
+
+    async def read() -> str:
+        return "".join([text async for text in models.astream(GPT, "hi")])
+
+    assert await asyncio.gather(read(), read(), read()) == ["Hello from fake"] * 3
+    assert counting_srv.most == 1
+
+
 async def test_a_caller_cancelled_while_waiting_leaves_no_place_taken(counting_srv: Server):
     limit("openai", concurrency=1)
     counting_srv.latency = 0.2

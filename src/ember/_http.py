@@ -107,7 +107,8 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
     timeouts = 0  # a server that hangs gets a second chance, not a fourth
     for attempt in range(req.retries + 1):
         await _pace.wait(call, body)  # every attempt waits for its turn: the provider counts it
-        call.start, wait = call.start or time.perf_counter(), None
+        call.start = call.start or time.perf_counter()  # latency: from the first attempt sent
+        wait = None
         try:
             resp = await session.post(url, json=body, headers=headers, timeout=timeout)
             wait = _retry_after(resp.headers)

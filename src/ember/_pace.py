@@ -1,31 +1,34 @@
 """Pacing: `limit(target, rpm=, tpm=, concurrency=)`, and limits learned from providers.
 
-Every call waits for its turn before it is sent. Turns are spaced (virtual scheduling, as
-in GCRA): a call may start 60/rpm seconds after the one before it, and 60/tpm seconds per
-token of the one before it, so no window of any length sees more than its share plus one
-call. A call's tokens are estimated before it is sent (request bytes / 4, plus max_tokens)
-and corrected by its actual usage when it ends. Each retry of the transport takes a turn
-too (a retry is a request the provider counts), but keeps the call's place in
-`concurrency`. `concurrency` places are one count for the whole process: calls from any
-thread and any event loop wait in one line, and a place freed is handed to the next in
-line on that caller's own loop; a caller cancelled while waiting leaves no place taken.
+Every request waits for its turn before it is sent; the transport asks for one before
+each attempt (a retry is a request the provider counts). Turns are reserved in order and
+spaced (virtual scheduling, as in GCRA): one may start 60/rpm seconds after the one before
+it, and 60/tpm seconds per token of the one before it, so no window of any length sees
+more than its share plus one call. A call's tokens are estimated before it is sent
+(request bytes / 4, plus max_tokens) and corrected by its actual usage when it ends.
+`concurrency` places are held by the whole call (its retries and its stream included) and
+are one count for the process: calls from any thread and any event loop wait in one line
+on thread-safe Futures; a caller cancelled while waiting leaves no place taken.
 
 With nothing configured, ember paces each model of a paid provider by what the provider
 says in its answers: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (OpenAI;
 resets as '1s', '6m0s', '20ms') and `anthropic-ratelimit-{requests,tokens}-{limit,
 remaining,reset}` (Anthropic; resets in RFC 3339). Once less than half of a per-minute
-limit remains, calls are paced at that limit; when none remains, every call waits for
-the reset; a 429's `retry-after` holds every call to the model, not only the refused one.
-Pauses longer than MAX_PAUSE are not waited for (the provider's 429 then reaches the
-caller, as in the transport). Local providers ('local', 'ollama') are paced only as
-configured.
+limit remains, calls are paced at that limit (the first of them a turn after the answer
+that said so); when none remains, every call waits for the reset; a 429's `retry-after`
+holds every call to the model, not only the refused one. Calls already waiting when such
+a pause is asked for take a new turn after it. Pauses longer than MAX_PAUSE are not
+waited for (the provider's 429 then reaches the caller, as in the transport). Local
+providers ('local', 'ollama') are paced only as configured; the embedded model sends no
+HTTP request, so only `concurrency` applies to it.
 
 Left out: a cold-start probe. Before a model's first answer nothing is known of its
 limits, so the first wave of calls (at most the caller's concurrency) goes unpaced; a
 refused one is retried after its retry-after while the others wait with it. Holding every
-call until the first answer instead would cost each run a whole call's latency. Also left
-out: limits shared between processes (the Redis backend), and input/output token limits
-counted apart (Anthropic's tokens headers give the tightest, which ember follows).
+call until the first answer would cost each run a whole call's latency. Also left out:
+an event loop blocked for longer than a turn lets the calls it held back go together;
+limits shared between processes (the Redis backend); input and output token limits counted
+apart (Anthropic's tokens headers give the tightest, which ember follows).
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ from .errors import ConfigError
 __all__ = ["learn", "limit", "turn", "wait"]
 
 MAX_PAUSE = 60.0  # seconds: the longest pause a provider may ask of every call (as _http's)
+PARTS = ("limit", "remaining", "reset")
+HEADERS = {kind: [[f"x-ratelimit-{part}-{kind}" for part in PARTS],  # OpenAI's names
+                  [f"anthropic-ratelimit-{kind}-{part}" for part in PARTS]]  # Anthropic's
+           for kind in ("requests", "tokens")}
 _lock = threading.Lock()  # guards every limit: they are shared by threads and event loops
 _configured: dict[str, Limit] = {}
 _learned: dict[tuple[str, str, str], Limit] = {}
@@ -194,11 +201,11 @@ def _seconds(reset: str) -> float:
 
 def _reported(headers: Mapping[str, str], kind: str) -> tuple[float, float, float] | None:
     """(limit, remaining, seconds to reset) of `kind`, from OpenAI's or Anthropic's headers."""
-    for form in ("x-ratelimit-{}-" + kind, "anthropic-ratelimit-" + kind + "-{}"):
-        most, left, reset = (headers.get(form.format(part), "") for part in
-                             ("limit", "remaining", "reset"))
-        with contextlib.suppress(ValueError):  # absent, or not a number
-            return float(most), float(left), _seconds(reset)
+    for names in HEADERS[kind]:
+        most, left, reset = (headers.get(name) for name in names)
+        if most and left and reset:
+            with contextlib.suppress(ValueError):  # not a number
+                return float(most), float(left), _seconds(reset)
     return None
 
 
@@ -210,7 +217,7 @@ def learn(req: Request, status: int, headers: Mapping[str, str],
     learned = _learned.setdefault((req.base_url, req.provider, req.model), Limit())
     with _lock:
         now = time.monotonic()
-        for kind in ("requests", "tokens"):
+        for kind in HEADERS:
             if (found := _reported(headers, kind)) is None:
                 continue
             most, left, reset = found
