@@ -164,17 +164,17 @@ async def test_learned_limits_pace_once_less_than_half_remains(srv: FakeProvider
 
 async def test_none_remaining_holds_calls_until_the_reset(srv: FakeProvider):
     model = GPT if srv.name == "openai" else CLAUDE
-    srv.headers = srv.ratelimit_headers(requests=(1200, 0), reset=1.5)
+    await models.acall(model, "warm")  # one-time imports, before the reset moment is set
+    reset = 0.5 if srv.name == "openai" else 1.5  # Anthropic's is in whole seconds
+    srv.headers = srv.ratelimit_headers(requests=(1200, 0), reset=reset)
     await models.acall(model, "hi")
     answered = time.monotonic()
-    if srv.name == "openai":  # a duration: '1.5s'
-        reset = 1.5
-    else:  # a moment in RFC 3339, in whole seconds
+    if srv.name == "anthropic":  # a moment in RFC 3339, not a duration ('0.5s')
         at = srv.headers["anthropic-ratelimit-requests-reset"]
         reset = datetime.datetime.fromisoformat(at).timestamp() - time.time()
     assert reset > 0.3
     await models.acall(model, "hi")
-    assert srv.requests[1].at >= answered + reset - 0.02
+    assert srv.requests[2].at >= answered + reset - 0.02
 
 
 async def test_a_429_holds_every_call_for_its_retry_after(openai_srv: OpenAIServer):
@@ -187,6 +187,18 @@ async def test_a_429_holds_every_call_for_its_retry_after(openai_srv: OpenAIServ
     with pytest.raises(RateLimited):
         await models.acall(GPT, "refused", retries=0)
     await asyncio.wait_for(models.acall(GPT, "hi"), 2)
+
+
+async def test_calls_already_waiting_for_a_turn_are_held_by_a_later_pause(openai_srv):
+    await models.acall(GPT, "warm")  # one-time imports (they block the loop) are done
+    limit("openai", rpm=600)  # turns at 0, 100, 200, 300 ms
+    openai_srv.fail(Fault(429, {"retry-after": "0.5"}))  # the first is refused: all wait 0.5 s
+    calls = [models.acall(GPT, "refused", retries=0)]
+    calls += [models.acall(GPT, f"waiting {i}") for i in range(3)]
+    refused, *answers = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(refused, RateLimited) and all(a.text for a in answers)
+    first, *others = [r.at for r in openai_srv.requests[1:]]
+    assert min(others) >= first + 0.5 and spaced(others, 0.1)
 
 
 async def test_local_providers_are_paced_only_as_configured(openai_srv: OpenAIServer):
@@ -274,11 +286,11 @@ async def test_a_call_records_the_seconds_it_waited(openai_srv: OpenAIServer):
 
 
 async def test_unconfigured_calls_learn_the_pace_so_429s_stay_rare(monkeypatch):
-    for server in serve(Server(rate=40), monkeypatch, "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+    for server in serve(Server(rate=20), monkeypatch, "OPENAI_BASE_URL", "OPENAI_API_KEY"):
 
         async def call(i: int) -> str:
             return (await models.acall(GPT, f"{i}")).text
 
-        texts = await aparallel(call, range(70), concurrency=50)
-        # the first wave (50 at once) finds a bucket of 40; after that, nothing is refused
-        assert len(texts) == 70 and len(server.requests) == 70 and server.refused <= 10
+        texts = await aparallel(call, range(40), concurrency=30)
+        # the first wave (30 at once) finds a bucket of 20; after that, nothing is refused
+        assert len(texts) == 40 and len(server.requests) == 40 and server.refused <= 10
