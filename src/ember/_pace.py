@@ -40,13 +40,16 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from . import providers
 from ._prices import FREE
 from ._spend import max_out
 from ._types import Call, Json, Request
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["learn", "limit", "turn", "wait"]
 
@@ -69,7 +72,8 @@ class Places:
         self.line: list[Future[None]] = []  # first come, first served
 
     async def acquire(self) -> None:
-        import asyncio
+        import asyncio  # on first use, as concurrent.futures: `import ember` stays light
+        from concurrent.futures import Future
 
         with _lock:
             if self.free:
