@@ -75,10 +75,10 @@ async def _send(req: Request) -> Response:
     url, headers, body = provider.encode(req)
     cost(req.provider, req.model, Usage())  # the price data is loaded before sending, not after
     with _spend.spending(req, body) as call:
-        async with _pace.turn(call, body):  # decoded by the transport: a bad shape is retried
-            data, (text, usage, end) = await provider.post(
+        async with _pace.turn(call, body):  # ends once the usage is known, for its tpm
+            data, (text, usage, end) = await provider.post(  # decoded by the transport: an
                 call, url, headers, body, decode=lambda data: (data, provider.decode(data)))
-        call.response = _response(call, text, usage, end, data)
+            call.response = _response(call, text, usage, end, data)  # odd shape is retried
         _answered(call.response)
     return call.response
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ._pace import learn
+from . import _pace
 from ._types import Call, Json, Request
 from .errors import ProviderError, ProviderTimeout, RateLimited
 
@@ -161,9 +161,10 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
 
     req, session = call.request, await _session()
     timeouts = 0  # a server that hangs gets a second chance, not a fourth
-    call.start = call.start or time.perf_counter()
-    end = call.start + req.deadline if req.deadline else math.inf
     for attempt in range(req.retries + 1):
+        await _pace.wait(call, body)  # every attempt waits for its turn: the provider counts it
+        call.start = call.start or time.perf_counter()  # latency: from the first attempt sent
+        end = call.start + req.deadline if req.deadline else math.inf
         wait = None
         timeout = aiohttp.ClientTimeout(total=req.deadline and end - time.perf_counter(),
                                         sock_connect=min(CONNECT, req.timeout),
@@ -175,7 +176,7 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
             call.request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
             answer = b"" if resp.status == 200 and stream else await resp.read()
             quota, wait = _hints(answer, wait) if resp.status != 200 else (False, wait)
-            learn(req, resp.status, resp.headers, wait)
+            _pace.learn(req, resp.status, resp.headers, wait)
             call.rate_limited += resp.status == 429
             if resp.status == 200 and stream:
                 return resp

@@ -1,142 +1,235 @@
 """Pacing: `limit(target, rpm=, tpm=, concurrency=)`, and limits learned from providers.
 
-Every call waits for its turn before it is sent. Turns are spaced (virtual scheduling,
-as in GCRA): a call may start 60/rpm seconds after the one before it, and 60/tpm
-seconds per token of the one before it, so no window of any length ever sees more than
-its share plus one call. A call's tokens are estimated before it is sent (request bytes
-/ 4, plus max_tokens) and corrected by its actual usage when it ends.
+Every request waits for its turn before it is sent; the transport asks for one before
+each attempt (a retry is a request the provider counts). Turns are reserved in order and
+spaced (virtual scheduling, as in GCRA): one may start 60/rpm seconds after the one before
+it, and 60/tpm seconds per token of the one before it, so no window of any length sees
+more than its share plus one call. A call's tokens are estimated before it is sent
+(request bytes / 4, plus max_tokens) and corrected by its actual usage when it ends.
+`concurrency` places are held by the whole call (its retries and its stream included) and
+are one count for the process: calls from any thread and any event loop wait in one line
+on thread-safe Futures; a caller cancelled while waiting leaves no place taken.
 
 With nothing configured, ember paces each model of a paid provider by what the provider
-says: its per-minute limits (`x-ratelimit-limit-requests/tokens`, `anthropic-ratelimit-
-requests/tokens-limit`), a remaining count of 0 (wait for the reset), and a 429 (every
-call waits for its retry-after, not only the refused one). Until a model's first answer
-arrives, other calls to it wait for that answer (at most PROBE seconds): a cold start
-does not open with a burst that the provider would refuse.
+says in its answers: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (OpenAI;
+resets as '1s', '6m0s', '20ms') and `anthropic-ratelimit-{requests,tokens}-{limit,
+remaining,reset}` (Anthropic; resets in RFC 3339). Once less than half of a per-minute
+limit remains, calls are paced at that limit (the first of them a turn after the answer
+that said so); when none remains, every call waits for the reset; a 429's `retry-after`
+holds every call to the model, not only the refused one. Calls already waiting when such
+a pause is asked for take a new turn after it. Pauses longer than MAX_PAUSE are not
+waited for (the provider's 429 then reaches the caller, as in the transport). Local
+providers ('local', 'ollama') are paced only as configured; the embedded model sends no
+HTTP request, so only `concurrency` applies to it.
+
+Left out: a cold-start probe. Before a model's first answer nothing is known of its
+limits, so the first wave of calls (at most the caller's concurrency) goes unpaced; a
+refused one is retried after its retry-after while the others wait with it. Holding every
+call until the first answer would cost each run a whole call's latency. Also left out:
+an event loop blocked for longer than a turn lets the calls it held back go together;
+limits shared between processes (the Redis backend); input and output token limits counted
+apart (Anthropic's tokens headers give the tightest, which ember follows).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import providers
 from ._prices import FREE
 from ._spend import max_out
-from ._types import Call, Request
+from ._types import Call, Json, Request
 from .errors import ConfigError
 
-__all__ = ["PROBE", "learn", "limit", "turn"]
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
-PROBE = 0.0  # seconds other calls wait for a model's first answer (draft: being reworked)
-POLL = 0.02
+__all__ = ["learn", "limit", "turn", "wait"]
+
+MAX_PAUSE = 60.0  # seconds: the longest pause a provider may ask of every call (as _http's)
+PARTS = ("limit", "remaining", "reset")
+HEADERS = {kind: [[f"x-ratelimit-{part}-{kind}" for part in PARTS],  # OpenAI's names
+                  [f"anthropic-ratelimit-{kind}-{part}" for part in PARTS]]  # Anthropic's
+           for kind in ("requests", "tokens")}
+_lock = threading.Lock()  # guards every limit: they are shared by threads and event loops
 _configured: dict[str, Limit] = {}
 _learned: dict[tuple[str, str, str], Limit] = {}
 
 
+class Places:
+    """`size` places for calls in flight, one count for every thread and event loop. A
+    caller waits in line on a thread-safe Future, which its own loop awaits."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.line: list[Future[None]] = []  # first come, first served
+
+    async def acquire(self) -> None:
+        import asyncio  # on first use, as concurrent.futures: `import ember` stays light
+        from concurrent.futures import Future
+
+        with _lock:
+            if self.free:
+                self.free -= 1
+                return
+            waiter = Future[None]()
+            self.line.append(waiter)
+        try:
+            await asyncio.wrap_future(waiter)
+        except asyncio.CancelledError:
+            if not waiter.cancel():  # too late: the place was handed to it, so pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        with _lock:
+            while self.line:
+                waiter = self.line.pop(0)
+                if waiter.set_running_or_notify_cancel():  # False: it was cancelled
+                    waiter.set_result(None)
+                    return
+            self.free += 1
+
+
 class Limit:
-    """The pace of one target: configured, or learned from its provider."""
+    """The pace of one target: configured, or learned from its provider's answers."""
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None,
                  concurrency: int | None = None) -> None:
-        self.rpm, self.tpm, self.concurrency = rpm, tpm, concurrency
-        self.next = 0.0  # time.monotonic() at which the next call may start
-        self.known, self.probe_until = False, 0.0
-        self.busy: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self.per_minute: dict[str, float | None] = {"requests": rpm, "tokens": tpm}
+        self.next = {"requests": 0.0, "tokens": 0.0}  # time.monotonic() the next turn is at
+        self.until = 0.0  # time.monotonic() the provider asked every call to wait until
+        self.places = Places(concurrency) if concurrency else None
 
-    def slot(self, tokens: int) -> float:
-        """Take the next turn for a call of `tokens`: the seconds to wait for it."""
-        now = time.monotonic()
-        start = max(now, self.next)
-        self.next = start + (60 / self.rpm if self.rpm else 0.0)
-        self.next += 60 * tokens / self.tpm if self.tpm else 0.0
-        return start - now
-
-    def pause(self, seconds: float) -> None:
-        self.next = max(self.next, time.monotonic() + seconds)
+    def hold(self, seconds: float, now: float) -> None:
+        """No call starts before `seconds` from now; a longer pause is not waited for."""
+        if seconds <= MAX_PAUSE:
+            self.until = max(self.until, now + seconds)
 
 
 def limit(target: str, rpm: float | None = None, tpm: float | None = None,
           concurrency: int | None = None) -> None:
     """Pace every call to `target`, a provider ('openai') or a model ('gpt-4o-mini'):
     at most `rpm` requests and `tpm` tokens a minute, and `concurrency` at once. Calling
-    it again replaces the target's limits; with no numbers, removes them."""
-    if any(value is not None and value <= 0 for value in (rpm, tpm, concurrency)):
-        raise ConfigError(f"limit({target!r}) takes positive numbers, or None for no limit")
+    it again replaces the target's limits (calls already waiting keep the old ones); with
+    no numbers, removes them. Limits learned from the provider apply as well."""
+    numbers = {"rpm": rpm, "tpm": tpm, "concurrency": concurrency}
+    for name, value in numbers.items():
+        kind = int if name == "concurrency" else (int, float)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)
+                                  or not 0 < value < float("inf")):
+            raise ConfigError(f"limit({target!r}): {name}= takes a positive "
+                              f"{'whole ' * (kind is int)}number, or None; not {value!r}")
     key = target if target in providers.PROVIDERS else "/".join(providers.resolve(target))
     _configured.pop(key, None)
-    if (rpm, tpm, concurrency) != (None, None, None):
+    if any(value is not None for value in numbers.values()):
         _configured[key] = Limit(rpm, tpm, concurrency)
 
 
-def _learned_for(req: Request) -> Limit | None:
-    if req.provider in FREE:  # runs on the user's own machine: no provider limits
-        return None
-    return _learned.setdefault((req.base_url, req.provider, req.model), Limit())
+def _limits(req: Request) -> list[Limit]:
+    """The limits of a call: its provider's and its model's, and what its provider said
+    (a server on the user's own machine says nothing that counts)."""
+    found = [_configured.get(req.provider), _configured.get(f"{req.provider}/{req.model}")]
+    if req.provider not in FREE:
+        found.append(_learned.setdefault((req.base_url, req.provider, req.model), Limit()))
+    return [each for each in found if each is not None]
+
+
+def _tokens(limits: list[Limit], body: Json) -> int:
+    """The call's estimated tokens, when a limit counts them."""
+    if not any(each.per_minute["tokens"] for each in limits):
+        return 0
+    return len(json.dumps(body)) // 4 + (max_out(body) or 0)
+
+
+async def wait(call: Call, body: Json) -> None:
+    """Take the next turn under every limit on the call, and wait for it; take another if
+    the provider asked for a pause meanwhile. The transport calls it before each attempt:
+    a retry is a request the provider counts."""
+    import asyncio
+
+    limits = _limits(call.request)
+    charges = {"requests": 1, "tokens": _tokens(limits, body)}
+    while True:
+        with _lock:
+            now = time.monotonic()
+            start = max([now, *(at for each in limits for at in [each.until, *each.next.values()])])
+            for each in limits:
+                for kind, most in each.per_minute.items():
+                    if most:
+                        each.next[kind] = start + 60 * charges[kind] / most
+        if start == now:
+            return
+        call.waited += start - now
+        await asyncio.sleep(start - now)
+        if all(each.until <= start for each in limits):
+            return
 
 
 @contextlib.asynccontextmanager
-async def turn(call: Call, body: dict[str, Any]) -> AsyncIterator[None]:
-    """Wait for the call's turn under every limit that applies, then hold its place in
-    their concurrency; when it ends, give back the tokens it was charged but did not use."""
-    req = call.request
-    limits = [found for key in (req.provider, f"{req.provider}/{req.model}")
-              if (found := _configured.get(key))]
-    learned = _learned_for(req)
-    if learned is not None:
-        if not learned.known and not learned.probe_until:
-            learned.probe_until = time.monotonic() + PROBE  # this call is the probe
-        else:
-            while not learned.known and time.monotonic() < learned.probe_until:
-                await asyncio.sleep(POLL)
-        limits.append(learned)
-    tokens = 0
-    if any(each.tpm for each in limits):
-        tokens = len(json.dumps(body)) // 4 + (max_out(body) or 0)
-    await asyncio.sleep(max([each.slot(tokens) for each in limits], default=0.0))
-    async with contextlib.AsyncExitStack() as held:
-        for each in limits:
-            if each.concurrency:
-                loop = asyncio.get_running_loop()
-                gate = each.busy.setdefault(loop, asyncio.Semaphore(each.concurrency))
-                await held.enter_async_context(gate)
+async def turn(call: Call, body: Json) -> AsyncIterator[None]:
+    """Hold a place under every `concurrency` on the call while it runs; when it ends, give
+    back the tokens it was charged (by `wait`) but did not use."""
+    limits, held, asked = _limits(call.request), list[Places](), time.monotonic()
+    try:
+        for places in [each.places for each in limits if each.places]:
+            await places.acquire()
+            held.append(places)
+        call.waited += time.monotonic() - asked if held else 0.0
         yield
-    if call.response is not None and call.response.usage and tokens:  # correct the estimate
+    finally:
+        for places in held:
+            places.release()
+    if call.response is not None and call.response.usage and (tokens := _tokens(limits, body)):
         used = call.response.usage.input_tokens + call.response.usage.output_tokens
-        for each in limits:
-            each.next -= 60 * (tokens - used) / each.tpm if each.tpm else 0.0
+        with _lock:
+            for each in limits:
+                if tpm := each.per_minute["tokens"]:
+                    each.next["tokens"] -= 60 * (tokens - used) / tpm
 
 
 def _seconds(reset: str) -> float:
-    """A reset time as OpenAI ('1s', '6m0s', '20ms') or Anthropic (RFC 3339) gives it."""
+    """Seconds to a reset given as OpenAI does ('1s', '6m0s', '20ms') or Anthropic (RFC 3339)."""
     if "T" in reset:
-        moment = datetime.datetime.fromisoformat(reset.replace("Z", "+00:00"))
-        return max(0.0, moment.timestamp() - time.time())
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * units[unit] for n, unit in re.findall(r"([\d.]+)(ms|s|m|h)", reset))
+        return datetime.datetime.fromisoformat(reset).timestamp() - time.time()
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
+    return sum(float(n) * units[unit] for n, unit in re.findall(r"([\d.]+)(ms|s|m|h|)", reset))
+
+
+def _reported(headers: Mapping[str, str], kind: str) -> tuple[float, float, float] | None:
+    """(limit, remaining, seconds to reset) of `kind`, from OpenAI's or Anthropic's headers."""
+    for names in HEADERS[kind]:
+        most, left, reset = (headers.get(name) for name in names)
+        if most and left and reset:
+            with contextlib.suppress(ValueError):  # not a number
+                return float(most), float(left), _seconds(reset)
+    return None
 
 
 def learn(req: Request, status: int, headers: Mapping[str, str],
           retry_after: float | None) -> None:
-    """Learn the model's pace from one answer's status and rate-limit headers."""
-    learned = _learned_for(req)
-    if learned is None:
+    """Learn the model's pace from one answer's rate-limit headers and status."""
+    if req.provider in FREE:
         return
-    learned.known = True
-    for kind in ("requests", "tokens"):
-        names = [f"x-ratelimit-{{}}-{kind}", f"anthropic-ratelimit-{kind}-{{}}"]
-        found = {part: next((headers[name.format(part)] for name in names
-                             if name.format(part) in headers), None)
-                 for part in ("limit", "remaining", "reset")}
-        with contextlib.suppress(ValueError):
-            if found["limit"]:
-                setattr(learned, "rpm" if kind == "requests" else "tpm", float(found["limit"]))
-            if found["remaining"] == "0" and found["reset"]:
-                learned.pause(_seconds(found["reset"]))
-    if status == 429:
-        learned.pause(1.0 if retry_after is None else retry_after)
+    learned = _learned.setdefault((req.base_url, req.provider, req.model), Limit())
+    with _lock:
+        now = time.monotonic()
+        for kind in HEADERS:
+            if (found := _reported(headers, kind)) is None:
+                continue
+            most, left, reset = found
+            paced = most if 0 <= left < most / 2 else None
+            if paced and not learned.per_minute[kind]:  # pacing starts: a turn from now
+                learned.hold(60 / paced, now)
+            learned.per_minute[kind] = paced
+            if left == 0:  # none left: every call waits for the reset
+                learned.hold(reset, now)
+        if status == 429 and retry_after is not None:
+            learned.hold(retry_after, now)
