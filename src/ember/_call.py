@@ -1,18 +1,21 @@
 """The call: `models(model, prompt)`, its async twin, bound instances and streams.
 
 A request flows one way: request() checks it; send() reserves budget, sends it through
-the provider module and the transport, decodes the answer and records what it cost.
+the provider module and the transport, decodes the answer (and validates it, given a
+schema=) and records what it cost.
 """
 
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from . import _cache, _pace, _spend, providers
+from . import _cache, _pace, _schema, _spend, providers
 from ._loop import iterate, run
 from ._prices import cost
 from ._types import Call, Request, Response, Usage
+from .errors import ConfigError, InvalidOutput
 
 __all__ = ["Model", "Stream", "models"]
 
@@ -23,7 +26,7 @@ Prompt = str | list[dict[str, Any]]
 
 def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: str | None = None,
             base_url: str | None = None, timeout: float = TIMEOUT, retries: int = RETRIES,
-            stream: bool = False, cache: Any = None, **params: Any) -> Request:
+            stream: bool = False, cache: Any = None, schema: Any = None, **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -36,14 +39,26 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
     url = providers.base_url(provider, base_url)
     chat = [m for m in messages if m["role"] != "system"]
     store = _cache.store_for(cache, stream)
+    if schema is not None and stream:
+        raise ConfigError("schema= needs the whole answer: call without streaming")
     return Request(provider, name, chat, params, "\n\n".join(systems) or None, url,
-                   providers.key(provider, api_key, url), timeout, retries, stream, store)
+                   providers.key(provider, api_key, url), timeout, retries, stream, store,
+                   None if schema is None else _schema.prepare(schema))
 
 
 async def send(req: Request) -> Response:
     """Send one Request: through its cache when it has one, else straight to the provider."""
     if req.cache is not None:
-        return await _cache.through(req, _send)
+        return await _cache.through(req, _answer)
+    return await _answer(req)
+
+
+async def _answer(req: Request) -> Response:
+    """The answer; one that does not fit the call's schema= is asked for again, up to
+    `retries` times (each try is a call of its own in track() and the usage log)."""
+    for _ in range(req.retries if req.schema is not None else 0):
+        with contextlib.suppress(InvalidOutput):
+            return await _send(req)
     return await _send(req)
 
 
@@ -56,6 +71,9 @@ async def _send(req: Request) -> Response:
             data = await provider.post(call, url, headers, body)
         text, usage = provider.decode(data)
         call.response = _response(call, text, usage, data)
+        if req.schema is not None:  # an answer that does not fit raises, recorded as failed
+            boxed = getattr(provider, "OBJECT_ROOT", False)
+            call.response.parsed = _schema.parse(req.schema, text, req.provider, boxed)
     return call.response
 
 
@@ -130,8 +148,9 @@ class Models:
     `model` is 'provider/model' or a well-known bare name (gpt-*, o1/o3/o4*, chatgpt-*,
     claude-*, gemini-*); `prompt` a string or a list of {'role', 'content'} messages.
     Common params: system, temperature, max_tokens, stop. ember's own: api_key, base_url,
-    timeout (seconds of silence per attempt, default 30) and retries (default 3). Every
-    other parameter goes to the provider as it is.
+    timeout (seconds of silence per attempt, default 30), retries (default 3) and schema
+    (a type or JSON-schema dict the answer must fit: the Response's .parsed holds it).
+    Every other parameter goes to the provider as it is.
     """
 
     def __call__(self, model: str, prompt: Prompt, **params: Any) -> Response:

@@ -32,12 +32,14 @@ class Request:
     retries: int = 3
     stream: bool = False
     cache: Any = field(default=None, repr=False)  # the store a call is cached in (see _cache)
+    schema: Any = field(default=None, repr=False)  # the _schema.Schema its answer must fit
 
 
 @dataclass(slots=True)
 class Response:
     """What a call returns: `text`, usage, and `cost` in USD, None when the model's price
-    is unknown. (`cached` marks an answer that cost nothing because it was stored.)"""
+    is unknown. (`cached` marks an answer that cost nothing because it was stored; `parsed`
+    holds the validated value of a call made with schema=.)"""
 
     text: str
     model: str
@@ -47,6 +49,7 @@ class Response:
     latency: float
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     cached: bool = False
+    parsed: Any = None
 
     def __str__(self) -> str:
         return self.text

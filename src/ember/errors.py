@@ -10,7 +10,9 @@
     └── ProviderError           the provider refused or failed, after retries:
         │                       .provider, .status (None without an HTTP answer), .message
         ├── RateLimited         429 (or an overloaded 529) still there after retries
-        └── ProviderTimeout     no answer within `timeout` seconds (also a TimeoutError)
+        ├── ProviderTimeout     no answer within `timeout` seconds (also a TimeoutError)
+        └── InvalidOutput       the answer did not fit the call's schema=, after retries:
+                                .text is the last answer as the model wrote it
 
 A mistake in the user's own code (a wrong argument to a decorated function, say) is never
 wrapped: it stays Python's own error. No message ever contains an API key.
@@ -20,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-           "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
+__all__ = ["BudgetExceeded", "ConfigError", "EmberError", "InvalidOutput", "MissingKey",
+           "PartialFailure", "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
 
 
 class EmberError(Exception):
@@ -80,3 +82,12 @@ class RateLimited(ProviderError):
 
 class ProviderTimeout(ProviderError, TimeoutError):
     """The provider did not answer within the timeout, after every retry."""
+
+
+class InvalidOutput(ProviderError):
+    """The answer did not fit the call's schema=, after every retry: `.text` is the last
+    answer as the model wrote it, `.message` says what was wrong with it."""
+
+    def __init__(self, provider: str, text: str, problem: str) -> None:
+        super().__init__(provider, None, f"the answer does not fit the schema: {problem}")
+        self.text = text

@@ -6,10 +6,11 @@ from typing import Any
 from .._http import events, post
 from .._types import Request, Usage
 
-__all__ = ["decode", "decode_event", "encode", "events", "post"]
+__all__ = ["OBJECT_ROOT", "decode", "decode_event", "encode", "events", "post"]
 
 VERSION = "2023-06-01"
 MAX_TOKENS = 4096  # the API requires max_tokens; this default fits every current model
+OBJECT_ROOT = True  # structured outputs constrain the answer to a JSON object: schemas go boxed
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -21,6 +22,9 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
         body["system"] = req.system
     if req.stream:
         body["stream"] = True
+    if req.schema is not None:  # structured outputs (JSON outputs): the text block is the JSON
+        shape = {"type": "json_schema", "schema": req.schema.boxed}
+        body["output_config"] = {**body.get("output_config", {}), "format": shape}
     headers = {"x-api-key": req.api_key or "", "anthropic-version": VERSION}
     return f"{req.base_url}/v1/messages", headers, body
 

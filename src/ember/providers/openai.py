@@ -6,7 +6,10 @@ from typing import Any
 from .._http import events, post
 from .._types import Request, Usage
 
-__all__ = ["decode", "decode_event", "encode", "events", "messages", "post", "usage"]
+__all__ = ["OBJECT_ROOT", "decode", "decode_event", "encode", "events", "messages", "post",
+           "usage"]
+
+OBJECT_ROOT = True  # strict json_schema takes only an object at the root: schemas go boxed
 
 
 def messages(req: Request) -> list[dict[str, Any]]:
@@ -20,6 +23,9 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     body = {"model": req.model, "messages": messages(req), **req.params}
     if req.stream:
         body.update(stream=True, stream_options={"include_usage": True})
+    if req.schema is not None:  # Structured Outputs, strict: the answer is the JSON
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": req.schema.name, "schema": req.schema.boxed, "strict": True}}
     return f"{req.base_url}/chat/completions", headers, body
 
 

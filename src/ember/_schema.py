@@ -1,0 +1,101 @@
+"""Structured output: `schema=` made into the JSON schema a provider is sent, and the
+model's answer made into a validated value (`Response.parsed`).
+
+A schema is a pydantic model, a dataclass, a TypedDict (from typing_extensions before
+Python 3.12, as pydantic requires), a Literal or Enum of labels, or any other type that
+pydantic's TypeAdapter reads: pydantic writes its JSON schema and validates the answer.
+pydantic is imported on first use, and each type is read once. A JSON-schema dict is sent
+as given and its answer is decoded JSON: the provider's constrained decoding enforces the
+dict, ember does not (it ships no JSON-schema validator).
+
+Every schema is sent in the strict form that OpenAI's strict mode and Anthropic require:
+each object closed (additionalProperties false) with all its properties required and no
+`default`; a field with a default is then always written by the model. Providers that
+take only an object at the root (OpenAI, Anthropic) get any other schema boxed under the
+key "value", and the answer is unboxed. Left out: rewriting keywords a provider does not
+support (Anthropic's numeric bounds, say): the provider's 400 names them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError, InvalidOutput
+
+__all__ = ["Schema", "parse", "prepare"]
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """A schema= value made ready: its JSON schema in strict form, as given (`json`) and
+    with an object at the root (`boxed`), a name for providers that want one, and the
+    pydantic TypeAdapter that validates answers (None for a dict schema)."""
+
+    json: dict[str, Any]
+    boxed: dict[str, Any]
+    name: str
+    adapter: Any = None
+
+
+def prepare(schema: Any) -> Schema:
+    """Make a schema= value ready to send; a ConfigError when pydantic cannot read it."""
+    if isinstance(schema, dict):
+        return _ready(schema, None)
+    try:
+        return _adapted(schema)
+    except (RuntimeError, TypeError) as problem:  # pydantic's errors are RuntimeErrors
+        raise ConfigError(f"schema= takes a pydantic model, a dataclass, a TypedDict, a Literal, "
+                          f"an Enum or a JSON-schema dict, not {schema!r}: {problem}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _adapted(schema: Any) -> Schema:
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(schema)
+    return _ready(adapter.json_schema(), adapter)
+
+
+def _ready(schema: dict[str, Any], adapter: Any) -> Schema:
+    strict = boxed = _strict(schema)
+    if strict.get("type") != "object":  # references ($defs) stay at the root
+        value = {key: part for key, part in strict.items() if key != "$defs"}
+        defs = {"$defs": strict["$defs"]} if "$defs" in strict else {}
+        boxed = {"type": "object", "properties": {"value": value}, "required": ["value"],
+                 "additionalProperties": False, **defs}
+    name = re.sub(r"[^a-zA-Z0-9_-]", "_", str(schema.get("title", "output")))[:64]
+    return Schema(strict, boxed, name, adapter)
+
+
+def _strict(node: Any) -> Any:
+    """A copy of the schema with every object closed, all its properties required and
+    their defaults dropped."""
+    if isinstance(node, list):
+        return [_strict(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _strict(part) for key, part in node.items()}
+    if node.get("type") == "object" and isinstance(node.get("properties"), dict):
+        properties = {name: {key: part for key, part in field.items() if key != "default"}
+                      for name, field in node["properties"].items()}
+        node = {"additionalProperties": False, **node, "properties": properties,
+                "required": list(properties)}
+    return node
+
+
+def parse(schema: Schema, text: str, provider: str, boxed: bool) -> Any:
+    """The answer as a value of the schema (`boxed`: it was sent boxed); InvalidOutput when
+    the answer is not one."""
+    unbox = boxed and schema.boxed is not schema.json
+    try:
+        if schema.adapter is not None and not unbox:
+            return schema.adapter.validate_json(text)
+        value = json.loads(text)
+        value = value["value"] if unbox else value
+        return value if schema.adapter is None else schema.adapter.validate_python(value)
+    except (ValueError, KeyError, TypeError) as problem:  # ValidationError is a ValueError
+        raise InvalidOutput(provider, text, f"{type(problem).__name__}: {problem}") from None
