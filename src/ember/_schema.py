@@ -16,21 +16,16 @@ key "value", and the answer is unboxed. Left out: rewriting keywords a provider 
 support (Anthropic's numeric bounds, say): the provider's 400 names them.
 """
 
-from __future__ import annotations
-
 import functools
 import json
-import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError, InvalidOutput
 
 __all__ = ["Schema", "parse", "prepare"]
 
 
-@dataclass(frozen=True, slots=True)
-class Schema:
+class Schema(NamedTuple):
     """A schema= value made ready: its JSON schema in strict form, as given (`json`) and
     with an object at the root (`boxed`), a name for providers that want one, and the
     pydantic TypeAdapter that validates answers (None for a dict schema)."""
@@ -61,41 +56,33 @@ def _adapted(schema: Any) -> Schema:
 
 
 def _ready(schema: dict[str, Any], adapter: Any) -> Schema:
-    strict = boxed = _strict(schema)
-    if strict.get("type") != "object":  # references ($defs) stay at the root
+    strict = boxed = json.loads(json.dumps(schema), object_hook=_close)  # a closed copy
+    if strict.get("type") != "object":  # boxed; references ($defs) stay at the root
         value = {key: part for key, part in strict.items() if key != "$defs"}
         defs = {"$defs": strict["$defs"]} if "$defs" in strict else {}
-        boxed = {"type": "object", "properties": {"value": value}, "required": ["value"],
-                 "additionalProperties": False, **defs}
-    name = re.sub(r"[^a-zA-Z0-9_-]", "_", str(schema.get("title", "output")))[:64]
-    return Schema(strict, boxed, name, adapter)
+        boxed = _close({"type": "object", "properties": {"value": value}, **defs})
+    title = str(schema.get("title", ""))[:64]  # OpenAI's names are [a-zA-Z0-9_-]{1,64}
+    return Schema(strict, boxed, title if title.isascii() and title.isidentifier() else
+                  "output", adapter)
 
 
-def _strict(node: Any) -> Any:
-    """A copy of the schema with every object closed, all its properties required and
-    their defaults dropped."""
-    if isinstance(node, list):
-        return [_strict(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    node = {key: _strict(part) for key, part in node.items()}
+def _close(node: dict[str, Any]) -> dict[str, Any]:
+    """One object of a schema, its parts already closed: if it is an object type, closed
+    (unless it says otherwise), with all its properties required and their defaults dropped."""
     if node.get("type") == "object" and isinstance(node.get("properties"), dict):
-        properties = {name: {key: part for key, part in field.items() if key != "default"}
-                      for name, field in node["properties"].items()}
-        node = {"additionalProperties": False, **node, "properties": properties,
-                "required": list(properties)}
+        for field in node["properties"].values():
+            field.pop("default", None)
+        node = {"additionalProperties": False, **node, "required": list(node["properties"])}
     return node
 
 
 def parse(schema: Schema, text: str, provider: str, boxed: bool) -> Any:
     """The answer as a value of the schema (`boxed`: it was sent boxed); InvalidOutput when
     the answer is not one."""
-    unbox = boxed and schema.boxed is not schema.json
+    answer = text
     try:
-        if schema.adapter is not None and not unbox:
-            return schema.adapter.validate_json(text)
-        value = json.loads(text)
-        value = value["value"] if unbox else value
-        return value if schema.adapter is None else schema.adapter.validate_python(value)
+        if boxed and schema.boxed is not schema.json:
+            answer = json.dumps(json.loads(text)["value"])
+        return schema.adapter.validate_json(answer) if schema.adapter else json.loads(answer)
     except (ValueError, KeyError, TypeError) as problem:  # ValidationError is a ValueError
         raise InvalidOutput(provider, text, f"{type(problem).__name__}: {problem}") from None

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from ._call import models
 from ._log import LOG, MIGRATIONS
@@ -22,6 +22,7 @@ __all__ = ["main"]
 
 DEMO_MODEL = "local/smollm2"
 DEMO_PROMPTS = ["demo_prompt.txt", "demo_prompt_2.txt", "demo_prompt_3.txt"]  # few-shot
+DEMO_JSON_PROMPT = "demo_prompt_json.txt"  # the first, its labels written as JSON strings
 USAGE_COLUMNS = ["calls", "cached", "tokens in", "tokens out", "cost $", "errors"]
 
 
@@ -41,23 +42,32 @@ def _classify(job: tuple[str, str]) -> str:
     return "positive" if word.startswith("pos") else "negative" if word.startswith("neg") else "?"
 
 
+def _label(job: tuple[str, str]) -> str:  # through schema=: only "positive" or "negative"
+    return str(models(DEMO_MODEL, job[0].format(text=job[1]), raw=True, max_tokens=8,
+                      temperature=0, schema=Literal["positive", "negative"]).parsed)
+
+
 def demo() -> int:
-    """Classify the shipped labelled reviews with the embedded model, by one prompt and by
-    a vote of three (an ensemble run through parallel); print the scores and the costs."""
+    """Classify the shipped labelled reviews with the embedded model, by one prompt, by a
+    vote of three (an ensemble run through parallel) and by one prompt through a Literal
+    schema= (a llama.cpp grammar: no other answer is possible); print scores and costs."""
     files = resources.files("ember")
     items = [json.loads(line) for line in files.joinpath("demo.jsonl").read_text().splitlines()]
     prompts = [files.joinpath(name).read_text() for name in DEMO_PROMPTS]
+    json_prompt = files.joinpath(DEMO_JSON_PROMPT).read_text()
     print(f"ember demo: {len(items)} labelled reviews, {len(prompts)} few-shot prompts, model "
           f"{DEMO_MODEL}\n(a 135M-parameter model in-process: no key, no network; demo-grade)\n")
     start = time.perf_counter()
     with track(tag="demo") as t:
         jobs = [(prompt, item["text"]) for prompt in prompts for item in items]
         labels = parallel(_classify, jobs, concurrency=2)  # the model runs one call at a time
+        typed = parallel(_label, [(json_prompt, item["text"]) for item in items], concurrency=2)
     single, voted = labels[:len(items)], [vote(labels[i::len(items)]) for i in range(len(items))]
     for item, one, many in zip(items, single, voted, strict=True):
         mark = "ok " if many == item["label"] else "MISS"
         print(f"{mark} {one:8} vote {many:8} (want {item['label']:8}) {item['text']}")
-    for name, guesses in [("by one prompt", single), (f"by a vote of {len(prompts)}", voted)]:
+    for name, guesses in [("by one prompt", single), (f"by a vote of {len(prompts)}", voted),
+                          ('by one prompt through schema=Literal["positive", "negative"]', typed)]:
         right = sum(guess == item["label"] for guess, item in zip(guesses, items, strict=True))
         print(f"\naccuracy {right}/{len(items)} = {right / len(items):.0%} {name}", end="")
     rows = [[name, m.calls, m.input_tokens, m.output_tokens, m.cost, m.percentile(50),

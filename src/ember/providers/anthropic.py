@@ -6,7 +6,7 @@ from typing import Any
 from .._http import events, post
 from .._types import Request, Usage
 
-__all__ = ["OBJECT_ROOT", "decode", "decode_event", "encode", "events", "post"]
+__all__ = ["decode", "decode_event", "encode", "events", "post"]
 
 VERSION = "2023-06-01"
 MAX_TOKENS = 4096  # the API requires max_tokens; this default fits every current model

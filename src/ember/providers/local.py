@@ -48,9 +48,8 @@ def _model() -> Any:
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     """The OpenAI-style body; its 'url' names the llama.cpp handler that takes it."""
     _, _, body = openai.encode(req)
-    if req.schema is not None:  # a llama.cpp grammar, any root; both handlers take json_schema
-        del body["response_format"]
-        body["json_schema"] = req.schema.json
+    if req.schema is not None and body.pop("response_format"):  # a llama.cpp grammar, any root:
+        body["json_schema"] = req.schema.json  # what both handlers take (not response_format)
     if body.pop("raw", False):
         body["prompt"] = "\n".join(m["content"] for m in body.pop("messages"))
     return "completions" if "prompt" in body else "chat", {}, body

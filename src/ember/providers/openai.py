@@ -6,8 +6,7 @@ from typing import Any
 from .._http import events, post
 from .._types import Request, Usage
 
-__all__ = ["OBJECT_ROOT", "decode", "decode_event", "encode", "events", "messages", "post",
-           "usage"]
+__all__ = ["decode", "decode_event", "encode", "events", "messages", "post", "usage"]
 
 OBJECT_ROOT = True  # strict json_schema takes only an object at the root: schemas go boxed
 
