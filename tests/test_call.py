@@ -25,8 +25,8 @@ def test_exported_names_are_pinned():
         "Usage", "aparallel", "budget", "cache", "errors", "gather", "limit", "models",
         "parallel", "retry", "track", "usage", "vote"]
     assert sorted(ember.errors.__all__) == [
-        "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-        "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
+        "BudgetExceeded", "ConfigError", "EmberError", "InvalidOutput", "MissingKey",
+        "PartialFailure", "ProviderError", "ProviderTimeout", "RateLimited", "UnknownModel"]
 
 
 async def test_sync_and_async_give_the_same_response(openai_srv: OpenAIServer):
