@@ -3,7 +3,8 @@
     python benchmarks/schema.py [--number 20000] [--rounds 7]
 
 In-process, no network: each row times one step ember takes per call, in microseconds
-(the median of the rounds, each the mean of --number runs). "request+encode" is what ember
+(the median of the rounds, each the mean of --number runs; the rows take turns within each
+round, so that drift on a busy machine hits them alike). "request+encode" is what ember
 does before sending (checking the call, the provider's body) with and without a schema;
 "parse" is validating an answer into Response.parsed, next to pydantic's own
 TypeAdapter.validate_json on the same text (the floor: ember's parse is that, plus a try).
@@ -41,8 +42,8 @@ LABEL = '{"value": "positive"}'
 DICT = {"type": "object", "properties": {"name": {"type": "string"}}}
 
 
-def micros(fn: Callable[[], Any], number: int, rounds: int) -> float:
-    return statistics.median(timeit.repeat(fn, number=number, repeat=rounds)) / number * 1e6
+def micros(fn: Callable[[], Any], number: int) -> float:
+    return timeit.timeit(fn, number=number) / number * 1e6
 
 
 def main() -> None:
@@ -67,11 +68,10 @@ def main() -> None:
         ("parse, schema=Literal (boxed)", lambda: _schema.parse(label, LABEL, "openai", True)),
         ("parse, schema=dict (json.loads)", lambda: _schema.parse(plain, ANSWER, "openai", True)),
     ]
-    times = {name: micros(fn, args.number, args.rounds) for name, fn in rows}
-    for name, us in times.items():
-        print(f"{name:38} {us:7.2f} us")
-    extra = (times["request+encode, schema=City"] - times["request+encode, no schema"]
-             + times["parse, schema=City (pydantic)"])
+    rounds = [[micros(fn, args.number) for _, fn in rows] for _ in range(args.rounds)]
+    for n, (name, _) in enumerate(rows):
+        print(f"{name:38} {statistics.median(r[n] for r in rounds):7.2f} us")
+    extra = statistics.median(r[1] - r[0] + r[2] for r in rounds)  # paired within a round
     print(f"{'schema=City on top of a call':38} {extra:7.2f} us  (goal <= 30)")
     print(f"{'first use of City (TypeAdapter, once)':38} {first:7.0f} us")
 
