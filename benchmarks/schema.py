@@ -63,10 +63,10 @@ def main() -> None:
          lambda: openai.encode(_call.request("gpt-4o-mini", "Hi", **key))),
         ("request+encode, schema=City",
          lambda: openai.encode(_call.request("gpt-4o-mini", "Hi", schema=City, **key))),
-        ("parse, schema=City (pydantic)", lambda: _schema.parse(city, ANSWER, "openai", True)),
+        ("parse, schema=City (pydantic)", lambda: _schema.parse(city, ANSWER, "openai", openai)),
         ("pydantic TypeAdapter.validate_json", lambda: adapter.validate_json(ANSWER)),
-        ("parse, schema=Literal (boxed)", lambda: _schema.parse(label, LABEL, "openai", True)),
-        ("parse, schema=dict (json.loads)", lambda: _schema.parse(plain, ANSWER, "openai", True)),
+        ("parse, schema=Literal (boxed)", lambda: _schema.parse(label, LABEL, "openai", openai)),
+        ("parse, schema=dict (json.loads)", lambda: _schema.parse(plain, ANSWER, "openai", openai)),
     ]
     rounds = [[micros(fn, args.number) for _, fn in rows] for _ in range(args.rounds)]
     for n, (name, _) in enumerate(rows):

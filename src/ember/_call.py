@@ -72,8 +72,7 @@ async def _send(req: Request) -> Response:
         text, usage = provider.decode(data)
         call.response = _response(call, text, usage, data)
         if req.schema is not None:  # an answer that does not fit raises, recorded as failed
-            boxed = getattr(provider, "OBJECT_ROOT", False)
-            call.response.parsed = _schema.parse(req.schema, text, req.provider, boxed)
+            call.response.parsed = _schema.parse(req.schema, text, req.provider, provider)
     return call.response
 
 

@@ -27,13 +27,12 @@ __all__ = ["Schema", "parse", "prepare"]
 
 class Schema(NamedTuple):
     """A schema= value made ready: its JSON schema in strict form, as given (`json`) and
-    with an object at the root (`boxed`), a name for providers that want one, and the
-    pydantic TypeAdapter that validates answers (None for a dict schema)."""
+    with an object at the root (`boxed`), and the pydantic TypeAdapter that validates
+    answers (None for a dict schema)."""
 
     json: dict[str, Any]
     boxed: dict[str, Any]
-    name: str
-    adapter: Any = None
+    adapter: Any
 
 
 def prepare(schema: Any) -> Schema:
@@ -61,9 +60,7 @@ def _ready(schema: dict[str, Any], adapter: Any) -> Schema:
         value = {key: part for key, part in strict.items() if key != "$defs"}
         defs = {"$defs": strict["$defs"]} if "$defs" in strict else {}
         boxed = _close({"type": "object", "properties": {"value": value}, **defs})
-    title = str(schema.get("title", ""))[:64]  # OpenAI's names are [a-zA-Z0-9_-]{1,64}
-    return Schema(strict, boxed, title if title.isascii() and title.isidentifier() else
-                  "output", adapter)
+    return Schema(strict, boxed, adapter)
 
 
 def _close(node: dict[str, Any]) -> dict[str, Any]:
@@ -76,12 +73,12 @@ def _close(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def parse(schema: Schema, text: str, provider: str, boxed: bool) -> Any:
-    """The answer as a value of the schema (`boxed`: it was sent boxed); InvalidOutput when
-    the answer is not one."""
+def parse(schema: Schema, text: str, provider: str, module: Any) -> Any:
+    """The answer as a value of the schema, as the provider's module sent it (boxed if its
+    OBJECT_ROOT says so); InvalidOutput when the answer is not one."""
     answer = text
     try:
-        if boxed and schema.boxed is not schema.json:
+        if getattr(module, "OBJECT_ROOT", False) and schema.boxed is not schema.json:
             answer = json.dumps(json.loads(text)["value"])
         return schema.adapter.validate_json(answer) if schema.adapter else json.loads(answer)
     except (ValueError, KeyError, TypeError) as problem:  # ValidationError is a ValueError

@@ -24,7 +24,7 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
         body.update(stream=True, stream_options={"include_usage": True})
     if req.schema is not None:  # Structured Outputs, strict: the answer is the JSON
         body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": req.schema.name, "schema": req.schema.boxed, "strict": True}}
+            "name": "output", "schema": req.schema.boxed, "strict": True}}
     return f"{req.base_url}/chat/completions", headers, body
 
 
