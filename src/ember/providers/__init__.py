@@ -2,7 +2,9 @@
 
 Each provider module turns a Request into its wire format (`encode`) and its answers
 back into text and usage (`decode`, `decode_event`), and names its transport (`post`,
-`events`). Nothing outside the module knows a provider's shape.
+`events`). A module whose structured output takes only an object at the root sends a
+schema= boxed and says so with `OBJECT_ROOT = True` (see _schema). Nothing outside the
+module knows a provider's shape.
 """
 
 
