@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fakes import AnthropicServer, FakeProvider, GeminiServer, OpenAIServer
 
-from ember import _http
+from ember import _http, _pace
 
 KEYS = {"OPENAI_API_KEY": "sk-test-openai-secret", "ANTHROPIC_API_KEY": "sk-ant-test-secret",
         "GEMINI_API_KEY": "gm-test-secret"}
@@ -19,7 +19,10 @@ KEYS = {"OPENAI_API_KEY": "sk-test-openai-secret", "ANTHROPIC_API_KEY": "sk-ant-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No real keys or base URLs leak in from the machine; ember's home (usage log, cache)
-    is a fresh folder per test; retries wait briefly."""
+    is a fresh folder per test; retries wait briefly; no limit is configured or learned
+    (a fake server's port may be one an earlier test's server had)."""
+    _pace._configured.clear()
+    _pace._learned.clear()
     for name in [*KEYS, "GOOGLE_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",
                  "GOOGLE_BASE_URL", "OLLAMA_BASE_URL", "EMBER_LOG", "EMBER_LOG_PROMPTS"]:
         monkeypatch.delenv(name, raising=False)

@@ -51,6 +51,20 @@ Gemini (base ``url``; paths ``/v1beta/models/{model}:{method}``)
     There are no rate-limit headers. A real 429 may add a RetryInfo ``retryDelay`` detail; it
     is left out here, so use ``Fault(body=...)``. batchEmbedContents returns
     ``{embeddings: [{values}]}``.
+Structured output (schemas checked as each provider documents them; the error texts are close,
+not verbatim)
+  * OpenAI ``response_format: {type: "json_schema", json_schema: {name, schema, strict}}``; the
+    name matches ``[a-zA-Z0-9_-]{1,64}``. With ``strict: true`` the root is an object, every
+    object has ``additionalProperties: false`` and lists every property in ``required``, and
+    ``default`` is not permitted (Structured Outputs guide "Supported schemas";
+    567-labs/instructor#1074). The answer is the JSON, in ``message.content``.
+  * Anthropic ``output_config: {format: {type: "json_schema", schema}}``, generally available
+    with no beta header (the beta ``output_format`` moved there); every object needs
+    ``additionalProperties: false`` (platform.claude.com structured-outputs). The JSON comes as
+    the text block.
+  * Gemini ``generationConfig.responseJsonSchema`` (standard JSON Schema, any root) needs
+    ``responseMimeType: "application/json"`` and excludes ``responseSchema`` (google-genai
+    GenerateContentConfig). The JSON comes as the part's text.
 Plain int faults add no ``retry-after``. Recorded header names are lower-cased.
 
 Usage, finish reasons, quota (checked against openai-python, anthropic-sdk-python and
@@ -167,6 +181,7 @@ class FakeProvider:
         self.embedding_dim = embedding_dim
         self.requests: list[Recorded] = []
         self._faults: deque[Step] = deque()
+        self._replies: deque[str] = deque()
         self._lock = threading.Condition()
         self._closed = False
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -204,6 +219,11 @@ class FakeProvider:
                 )
         with self._lock:
             self._faults.extend(steps)
+
+    def replies(self, *texts: str) -> None:
+        """The next answers say these texts, one per answer in order; the last one stays."""
+        with self._lock:
+            self._replies.extend(texts)
 
     @property
     def pending(self) -> int:
@@ -300,6 +320,8 @@ class FakeProvider:
             self.requests.append(rec)
             self._lock.notify_all()
             step = self._faults.popleft() if self._faults else None
+            if step is None and self._replies:
+                self.reply_text = self._replies.popleft()
         await self._pause(self.latency)
         route = self._route(request)
         model = (route[1] if route else "") or (
@@ -438,6 +460,42 @@ def _split3(text: str) -> list[str]:
         start = cut
     pieces.append(text[start:])
     return [p for p in pieces if p] or [""]
+
+
+def _schema_problem(schema: Any, all_required: bool, context: tuple[str, ...] = ()) -> str | None:
+    """The first breach of strict structured-output rules in a JSON schema, else None: every
+    object closed (both providers), every property required and no ``default`` (OpenAI)."""
+    if not isinstance(schema, dict):
+        return None
+    if all_required and "default" in schema:
+        return f"In context={context}, 'default' is not permitted."
+    if schema.get("type") == "object":
+        if schema.get("additionalProperties") is not False:
+            return f"In context={context}, 'additionalProperties' is required to be supplied and to be false."
+        missing = [k for k in schema.get("properties", {}) if k not in schema.get("required", [])]
+        if all_required and missing:
+            return (
+                f"In context={context}, 'required' is required to be supplied and to be an "
+                f"array including every key in properties. Missing '{missing[0]}'."
+            )
+    parts = [
+        (f"{key}", name, sub)
+        for key in ("properties", "$defs")
+        for name, sub in (schema.get(key) or {}).items()
+    ]
+    parts += [
+        (key, str(n), sub)
+        for key in ("anyOf", "allOf")
+        for n, sub in enumerate(schema.get(key) or [])
+    ]
+    parts += [("items", "", schema["items"])] if isinstance(schema.get("items"), dict) else []
+    for key, name, sub in parts:
+        found = _schema_problem(
+            sub, all_required, (*context, key, name) if name else (*context, key)
+        )
+        if found:
+            return found
+    return None
 
 
 def _data(obj: Any, event: str | None = None, end: str = "\n\n") -> bytes:
@@ -607,7 +665,23 @@ class OpenAIServer(FakeProvider):
         if kind == "chat" and "max_tokens" in body and re.match(r"o\d|gpt-5", body["model"]):
             return _UNSUPPORTED
         need = "messages" if kind == "chat" else "input"
-        return None if need in body else f"Missing required parameter: '{need}'."
+        if need not in body:
+            return f"Missing required parameter: '{need}'."
+        shape = body.get("response_format") or {}
+        if shape.get("type") != "json_schema":
+            return None
+        spec = shape.get("json_schema") or {}
+        if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", str(spec.get("name", ""))):
+            return "Invalid 'response_format.json_schema.name': string does not match pattern."
+        schema = spec.get("schema") or {}
+        problem = None
+        if spec.get("strict") and schema.get("type") != "object":
+            problem = f"schema must be a JSON Schema of 'type: \"object\"', got 'type: \"{schema.get('type')}\"'."
+        elif spec.get("strict"):
+            problem = _schema_problem(schema, all_required=True)
+        return (
+            f"Invalid schema for response_format '{spec['name']}': {problem}" if problem else None
+        )
 
     def _answer(self, kind: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
         model, i = body["model"], self.usage[0]
@@ -772,7 +846,15 @@ class AnthropicServer(FakeProvider):
         if not isinstance(body, dict):
             return "There was an error parsing the body of your request."
         missing = [f for f in ("model", "max_tokens", "messages") if f not in body]
-        return f"{missing[0]}: Field required" if missing else None
+        if missing:
+            return f"{missing[0]}: Field required"
+        shape = (body.get("output_config") or {}).get("format")
+        if shape is None:
+            return None
+        if shape.get("type") != "json_schema" or not isinstance(shape.get("schema"), dict):
+            return "output_config.format: Input tag does not match the expected tag 'json_schema'"
+        problem = _schema_problem(shape["schema"], all_required=False)
+        return f"output_config.format.schema: {problem}" if problem else None
 
     def _message(
         self, model: str, content: list[Any], stop: str | None, out_tokens: int
@@ -926,11 +1008,14 @@ class GeminiServer(FakeProvider):
         if not isinstance(body, dict):
             return f"Invalid JSON payload received. Unexpected token.\n{raw[:40]!r}"
         need = "requests" if kind == "embed" else "contents"
-        return (
-            None
-            if body.get(need)
-            else f"* GenerateContentRequest.{need}: {need} is not specified\n"
-        )
+        if not body.get(need):
+            return f"* GenerateContentRequest.{need}: {need} is not specified\n"
+        config = body.get("generationConfig") or {}
+        if "responseJsonSchema" in config and "responseSchema" in config:
+            return "responseJsonSchema and responseSchema cannot both be set."
+        if "responseJsonSchema" in config and config.get("responseMimeType") != "application/json":
+            return "* GenerateContentRequest.generation_config.response_mime_type: must be application/json when response_json_schema is set\n"
+        return None
 
     def _is_stream(self, kind: str, body: dict[str, Any], request: web.Request) -> bool:
         return kind == "stream"

@@ -666,8 +666,8 @@ def instant_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, An
     asked: list[dict[str, Any]] = []
 
     def generate(kind: str, body: dict[str, Any], on_chunk: Any = None) -> dict[str, Any]:
-        asked.append(body)
-        return {"choices": [{"text": " positive"}],
+        asked.append(body)  # through schema=, the JSON of a label
+        return {"choices": [{"text": '"positive"' if "json_schema" in body else " positive"}],
                 "usage": {"prompt_tokens": 100, "completion_tokens": 1}}
 
     monkeypatch.setattr(local, "_generate", generate)
@@ -687,4 +687,4 @@ def test_ember_demo_run_twice_is_served_from_the_cache_the_second_time(
     assert counts[1].groups() == (str(calls), str(calls))
     verdicts = [[line for line in out.splitlines() if line.startswith(("ok ", "MISS"))]
                 for out in (first, second)]
-    assert len(verdicts[0]) == calls // 3 and verdicts[0] == verdicts[1]  # the same answers
+    assert len(verdicts[0]) == calls // 4 and verdicts[0] == verdicts[1]  # the same answers

@@ -25,9 +25,9 @@ def test_exported_names_are_pinned():
         "Usage", "abatch", "aparallel", "batch", "budget", "cache", "errors", "gather", "limit",
         "models", "parallel", "retry", "track", "usage", "vote"]
     assert sorted(ember.errors.__all__) == [
-        "BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-        "ProviderError", "ProviderTimeout", "RateLimited", "Refused", "UnknownModel",
-        "UnknownPrice"]
+        "BudgetExceeded", "ConfigError", "EmberError", "InvalidOutput", "MissingKey",
+        "PartialFailure", "ProviderError", "ProviderTimeout", "RateLimited", "Refused",
+        "UnknownModel", "UnknownPrice"]
 
 
 async def test_sync_and_async_give_the_same_response(openai_srv: OpenAIServer):

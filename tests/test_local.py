@@ -80,7 +80,7 @@ def test_ember_demo_classifies_the_shipped_set_and_reports_its_numbers():
     assert score is not None and int(score[2]) >= 40
     assert int(score[1]) / int(score[2]) >= 0.7  # few-shot on a 135M model: demo-grade
     total = re.search(r"^total +(\d+) +(\d+) +(\d+) +0\.000000 ", out.stdout, re.M)
-    assert total is not None and int(total[1]) == 3 * int(score[2])  # the cost table (track)
+    assert total is not None and int(total[1]) == 4 * int(score[2])  # the cost table (track)
     voted = re.search(r"accuracy (\d+)/(\d+) = \d+% by a vote of 3", out.stdout)
     assert voted is not None and int(voted[1]) / int(voted[2]) >= 0.7  # the ensemble
     assert int(total[2]) > 0 and int(total[3]) > 0  # tokens in and out
@@ -89,6 +89,8 @@ def test_ember_demo_classifies_the_shipped_set_and_reports_its_numbers():
     assert len(rows) == int(score[2])
     assert [sum(row[i] == "ok  " for row in rows) for i in (0, 1)] == [int(score[1]),
                                                                       int(voted[1])]
+    typed = re.search(r"accuracy (\d+)/(\d+) = \d+% by one prompt through schema=", out.stdout)
+    assert typed is not None and int(typed[1]) / int(typed[2]) >= 0.7  # a label every time
 
 
 def test_ember_prompt_streams_text_to_stdout_and_numbers_to_stderr(openai_srv: OpenAIServer):

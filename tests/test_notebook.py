@@ -6,25 +6,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from test_readme import PRELUDE, python_blocks
+from test_readme import PRELUDE, answer_for, python_blocks
 
 SRC = Path(__file__).parent.parent / "src"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-@pytest.mark.usefixtures("openai_srv", "anthropic_srv", "gemini_srv")
+@pytest.mark.usefixtures("anthropic_srv", "gemini_srv")
 def test_the_readme_runs_in_a_jupyter_kernel_with_the_notebooks_progress_widget(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openai_srv: Any):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     sources = [PRELUDE, *(source for _, source in python_blocks()),
                "quiet = parallel(classify, texts, progress=False)"]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
-    NotebookClient(notebook, timeout=120, kernel_name="python3",  # raises if a cell fails
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    client = NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    with client.setup_kernel():
+        for index, cell in enumerate(notebook.cells):  # raises if a cell fails
+            answer_for(cell.source, openai_srv)
+            client.execute_cell(cell, index)
     cells = notebook.cells
     shown = [cell for cell in cells if "parallel(classify, texts" in cell.source]
     assert len(shown) == 2

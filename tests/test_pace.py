@@ -17,21 +17,13 @@ from aiohttp import web
 from conftest import serve
 from fakes import FakeProvider, Fault, OpenAIServer
 
-from ember import _pace, aparallel, limit, models, parallel
+from ember import _pace, aparallel, gather, limit, models, parallel
 from ember._call import request
 from ember._types import Call
 from ember.errors import ConfigError, RateLimited, UnknownModel
 
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-sonnet-4-5"
-
-
-@pytest.fixture(autouse=True)
-def no_limits() -> Iterator[None]:
-    """Every test starts with no limit configured or learned."""
-    yield
-    _pace._configured.clear()
-    _pace._learned.clear()
 
 
 class Server(OpenAIServer):
@@ -109,6 +101,8 @@ async def test_rpm_is_never_exceeded_in_any_window_by_async_and_sync_callers(ope
 
 
 async def test_a_model_target_paces_that_model_a_provider_target_all_of_them(openai_srv):
+    await gather(models.acall(GPT, "warm"), models.acall("gpt-4o", "warm"))  # connections,
+    openai_srv.requests.clear()  # price data: one-time costs are not part of the pace
     limit(GPT, rpm=600)  # a turn every 100 ms, for gpt-4o-mini only
     await asyncio.gather(*(models.acall(m, "hi") for m in [GPT] * 4 + ["gpt-4o"] * 4))
     mini = [r.at for r in openai_srv.requests if r.json["model"] == GPT]

@@ -1,7 +1,8 @@
 """The call: `models(model, prompt)`, its async twin, bound instances and streams.
 
 A request flows one way: request() checks it; send() reserves budget, sends it through
-the provider module and the transport, decodes the answer and records what it cost. An
+the provider module and the transport, decodes the answer (and validates it, given a
+schema=) and records what it cost. An
 answer the model refused or the provider blocked raises Refused (it is billed all the same).
 models.embed takes the same steps, with the texts as the Request's user messages and the
 provider's encode_embed/decode_embed (openai and google have them).
@@ -9,17 +10,18 @@ A setting ember cannot use is a ConfigError naming it, before anything is sent.
 """
 
 
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import astuple
 from typing import Any
 
-from . import _cache, _pace, _spend, providers
+from . import _cache, _pace, _schema, _spend, providers
 from ._loop import iterate, run
 from ._prices import cost
 from ._types import Call, Finish, Request, Response, Usage, number
-from .errors import ConfigError, Refused
+from .errors import ConfigError, InvalidOutput, Refused
 
 __all__ = ["Model", "Stream", "models"]
 
@@ -33,7 +35,7 @@ Prompt = str | list[dict[str, Any]]
 def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: str | None = None,
             base_url: str | None = None, timeout: float = TIMEOUT, retries: int = RETRIES,
             deadline: float | None = None, stream: bool = False, cache: Any = None,
-            **params: Any) -> Request:
+            schema: Any = None, **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -58,14 +60,26 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
           "a str without control characters (a key read from a file may end in a newline)")
     chat = [m for m in messages if m["role"] != "system"]
     store = _cache.store_for(cache, stream)
+    if schema is not None and stream:
+        raise ConfigError("schema= needs the whole answer: call without streaming")
     return Request(provider, name, chat, params, "\n\n".join(systems) or None, url,
-                   providers.key(provider, api_key, url), timeout, retries, stream, store, deadline)
+                   providers.key(provider, api_key, url), timeout, retries, stream, store, deadline,
+                   None if schema is None else _schema.prepare(schema))
 
 
 async def send(req: Request) -> Response:
     """Send one Request: through its cache when it has one, else straight to the provider."""
     if req.cache is not None:
-        return await _cache.through(req, _send)
+        return await _cache.through(req, _answer)
+    return await _answer(req)
+
+
+async def _answer(req: Request) -> Response:
+    """The answer; one that does not fit the call's schema= is asked for again, up to
+    `retries` times (each try is a call of its own in track() and the usage log)."""
+    for _ in range(req.retries if req.schema is not None else 0):
+        with contextlib.suppress(InvalidOutput):
+            return await _send(req)
     return await _send(req)
 
 
@@ -80,6 +94,8 @@ async def _send(req: Request) -> Response:
                 call, url, headers, body, decode=lambda data: (data, provider.decode(data)))
             call.response = _response(call, text, usage, end, data)  # odd shape is retried
         _answered(call.response)
+        if req.schema is not None:  # an answer that does not fit raises, recorded as failed
+            call.response.parsed = _schema.parse(req.schema, text, req.provider, provider)
     return call.response
 
 
@@ -176,9 +192,9 @@ class Models:
     claude-*, gemini-*); `prompt` a string or a list of {'role', 'content'} messages.
     Common params: system, temperature, max_tokens, stop. ember's own: api_key, base_url,
     timeout (seconds of silence per attempt, default 600), retries (default 3), deadline
-    (seconds for the whole call, default None) and cache (True, seconds to keep, or a store;
-    off by default). Every other parameter goes to the
-    provider as it is.
+    (seconds for the whole call, default None), cache (True, seconds to keep, or a store;
+    off by default) and schema (a type or JSON-schema dict the answer must fit: the
+    Response's .parsed holds it). Every other parameter goes to the provider as it is.
     """
 
     def __call__(self, model: str, prompt: Prompt, **params: Any) -> Response:

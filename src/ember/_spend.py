@@ -185,6 +185,7 @@ def _input_bound(req: Request) -> int:
     texts = [*([req.system] if req.system else []), *(m.get("content") for m in req.messages)]
     size = sum(len(t.encode()) if isinstance(t, str) else len(json.dumps(t)) for t in texts)
     read = [value for value in req.params.values() if isinstance(value, (dict, list))]
+    read += [req.schema.boxed] if req.schema is not None else []
     return size + FRAMING * len(texts) + (len(json.dumps(read)) if read else 0)
 
 

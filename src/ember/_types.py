@@ -58,6 +58,7 @@ class Request:
     stream: bool = False
     cache: Any = field(default=None, repr=False)  # the store a call is cached in (see _cache)
     deadline: float | None = None  # seconds for the whole call: attempts, waits and stream
+    schema: Any = field(default=None, repr=False)  # the _schema.Schema its answer must fit
 
 
 @dataclass(slots=True)
@@ -69,7 +70,8 @@ class Response:
     None if the provider did not say), `finish_raw` in the provider's own; `request_id` is
     the provider's id of the request (OpenAI's x-request-id, Anthropic's request-id; Gemini
     sends none), for support tickets. `vectors`, one per text in order, is set by
-    models.embed and empty otherwise."""
+    models.embed and empty otherwise; `parsed` holds the validated value of a call made
+    with schema=."""
 
     text: str
     model: str
@@ -83,6 +85,7 @@ class Response:
     finish_reason: str | None = None
     finish_raw: str | None = None
     request_id: str | None = None
+    parsed: Any = None
 
     def __str__(self) -> str:
         return self.text

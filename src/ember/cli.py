@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from . import dashboard
 from ._call import models
@@ -26,6 +26,7 @@ __all__ = ["main"]
 DEMO_MODEL = "local/smollm2"
 DEMO_PROMPTS = ["demo_prompt.txt", "demo_prompt_2.txt", "demo_prompt_3.txt"]  # few-shot
 PRICED = ["openai", "anthropic", "google"]  # the providers whose prices `ember models` lists
+DEMO_JSON_PROMPT = "demo_prompt_json.txt"  # the first, its labels written as JSON strings
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -44,12 +45,19 @@ def _classify(job: tuple[str, str]) -> str:
     return "positive" if word.startswith("pos") else "negative" if word.startswith("neg") else "?"
 
 
+def _label(job: tuple[str, str]) -> str:  # through schema=: only "positive" or "negative"
+    return str(models(DEMO_MODEL, job[0].format(text=job[1]), raw=True, max_tokens=8,
+                      temperature=0, schema=Literal["positive", "negative"], cache=True).parsed)
+
+
 def demo() -> int:
-    """Classify the shipped labelled reviews with the embedded model, by one prompt and by
-    a vote of three (an ensemble run through parallel); print the scores and the costs."""
+    """Classify the shipped labelled reviews with the embedded model, by one prompt, by a
+    vote of three (an ensemble run through parallel) and by one prompt through a Literal
+    schema= (a llama.cpp grammar: no other answer is possible); print scores and costs."""
     files = resources.files("ember")
     items = [json.loads(line) for line in files.joinpath("demo.jsonl").read_text().splitlines()]
     prompts = [files.joinpath(name).read_text() for name in DEMO_PROMPTS]
+    json_prompt = files.joinpath(DEMO_JSON_PROMPT).read_text()
     print(f"ember demo: {len(items)} labelled reviews, {len(prompts)} few-shot prompts, model "
           f"{DEMO_MODEL}\n(a 135M-parameter model in-process: no key, no network; demo-grade)\n")
     local.load()  # before the clock and the progress bar start: loading is not a call
@@ -57,12 +65,14 @@ def demo() -> int:
     with track(tag="demo") as t:
         jobs = [(prompt, item["text"]) for prompt in prompts for item in items]
         labels = parallel(_classify, jobs, concurrency=2)  # the model runs one call at a time
+        typed = parallel(_label, [(json_prompt, item["text"]) for item in items], concurrency=2)
     single, voted = labels[:len(items)], [vote(labels[i::len(items)]) for i in range(len(items))]
     print(f"{'one prompt':14} {f'vote of {len(prompts)}':14} {'want':9} review")
     for item, one, many in zip(items, single, voted, strict=True):
         marks = ["ok  " if guess == item["label"] else "MISS" for guess in (one, many)]
         print(f"{marks[0]} {one:9} {marks[1]} {many:9} {item['label']:9} {item['text']}")
-    for name, guesses in [("by one prompt", single), (f"by a vote of {len(prompts)}", voted)]:
+    for name, guesses in [("by one prompt", single), (f"by a vote of {len(prompts)}", voted),
+                          ('by one prompt through schema=Literal["positive", "negative"]', typed)]:
         right = sum(guess == item["label"] for guess, item in zip(guesses, items, strict=True))
         print(f"\naccuracy {right}/{len(items)} = {right / len(items):.0%} {name}", end="")
     rows = [[name, m.calls, m.input_tokens, m.output_tokens, m.cost, m.percentile(50),

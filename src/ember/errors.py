@@ -13,8 +13,10 @@
         │                       429 for an exhausted quota: a billing matter, never retried)
         ├── ProviderTimeout     no answer within `timeout` seconds of silence, or within
         │                       `deadline` (also a TimeoutError); says what was tried
-        └── Refused             the model refused, or the provider's filters blocked, the
-                                answer: .response (billed, finish_reason "refused"/"blocked")
+        ├── Refused             the model refused, or the provider's filters blocked, the
+        │                       answer: .response (billed, finish_reason "refused"/"blocked")
+        └── InvalidOutput       the answer did not fit the call's schema=, after retries:
+                                .text is the last answer as the model wrote it
 
     UnknownPrice                a warning (UserWarning), once per model of unknown price:
                                 its calls have cost=None
@@ -27,9 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BudgetExceeded", "ConfigError", "EmberError", "MissingKey", "PartialFailure",
-           "ProviderError", "ProviderTimeout", "RateLimited", "Refused", "UnknownModel",
-           "UnknownPrice"]
+__all__ = ["BudgetExceeded", "ConfigError", "EmberError", "InvalidOutput", "MissingKey",
+           "PartialFailure", "ProviderError", "ProviderTimeout", "RateLimited", "Refused",
+           "UnknownModel", "UnknownPrice"]
 
 
 class EmberError(Exception):
@@ -119,3 +121,12 @@ class Refused(ProviderError):
         super().__init__(response.provider, None, f"the answer was {response.finish_reason} "
                          f"({response.finish_raw}){said}", response.request_id)
         self.response = response
+
+
+class InvalidOutput(ProviderError):
+    """The answer did not fit the call's schema=, after every retry: `.text` is the last
+    answer as the model wrote it, `.message` says what was wrong with it."""
+
+    def __init__(self, provider: str, text: str, problem: str) -> None:
+        super().__init__(provider, None, f"the answer does not fit the schema: {problem}")
+        self.text = text

@@ -3,7 +3,9 @@
 Each provider module turns a Request into its wire format (`encode`) and its answers
 back into text, usage (None if unreported) and why the answer ended (`decode`,
 `decode_event`, see _types.finish), and names its transport (`post`, `events`); one that
-embeds also has `encode_embed` and `decode_embed` (vectors, usage). Nothing outside the
+embeds also has `encode_embed` and `decode_embed` (vectors, usage). A module whose
+structured output takes only an object at the root sends a schema= boxed and says so with
+`OBJECT_ROOT = True` (see _schema). Nothing outside the
 module knows a provider's shape.
 """
 

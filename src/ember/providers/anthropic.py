@@ -12,6 +12,7 @@ VERSION = "2023-06-01"
 MAX_TOKENS = 4096  # the API requires max_tokens; this default fits every current model
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",  # pause_turn: other
           "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "refused"}
+OBJECT_ROOT = True  # structured outputs constrain the answer to a JSON object: schemas go boxed
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -23,6 +24,9 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
         body["system"] = req.system
     if req.stream:
         body["stream"] = True
+    if req.schema is not None:  # structured outputs (JSON outputs): the text block is the JSON
+        shape = {"type": "json_schema", "schema": req.schema.boxed}
+        body["output_config"] = {**body.get("output_config", {}), "format": shape}
     headers = {"x-api-key": req.api_key or "", "anthropic-version": VERSION}
     return f"{req.base_url}/v1/messages", headers, body
 

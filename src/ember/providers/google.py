@@ -24,6 +24,8 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     config = {CONFIG[name]: params.pop(name) for name in list(params) if name in CONFIG}
     if isinstance(config.get("stopSequences"), str):
         config["stopSequences"] = [config["stopSequences"]]
+    if req.schema is not None:  # standard JSON Schema, any root (responseSchema is OpenAPI's)
+        config.update(responseMimeType="application/json", responseJsonSchema=req.schema.json)
     body: dict[str, Any] = {"contents": contents, **params}
     if config:
         body["generationConfig"] = {**body.get("generationConfig", {}), **config}

@@ -53,6 +53,8 @@ def load() -> None:
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     """The OpenAI-style body; its 'url' names the llama.cpp handler that takes it."""
     _, _, body = openai.encode(req)
+    if req.schema is not None and body.pop("response_format"):  # a llama.cpp grammar, any root:
+        body["json_schema"] = req.schema.json  # what both handlers take (not response_format)
     if body.pop("raw", False):
         body["prompt"] = "\n".join(m["content"] for m in body.pop("messages"))
     return "completions" if "prompt" in body else "chat", {}, body

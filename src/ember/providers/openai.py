@@ -19,6 +19,8 @@ __all__ = ["decode", "decode_embed", "decode_event", "encode", "encode_embed", "
 FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
           "function_call": "tool_calls", "content_filter": "blocked", "refusal": "refused"}
 
+OBJECT_ROOT = True  # strict json_schema takes only an object at the root: schemas go boxed
+
 
 def messages(req: Request) -> list[dict[str, Any]]:
     """The chat messages with the system prompt first, as OpenAI-style servers take them."""
@@ -36,6 +38,9 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
         body["max_completion_tokens"] = body.pop("max_tokens")
     if req.stream:
         body.update(stream=True, stream_options={"include_usage": True})
+    if req.schema is not None:  # Structured Outputs, strict: the answer is the JSON
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "output", "schema": req.schema.boxed, "strict": True}}
     return f"{req.base_url}/chat/completions", _headers(req), body
 
 
