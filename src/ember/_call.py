@@ -228,10 +228,11 @@ class Models:
             raise ConfigError("models.embed takes openai, ollama or google models, and no cache=")
         req = request(model, [{"role": "user", "content": text} for text in texts], **params)
         url, headers, body = provider.encode_embed(req)
+        cost(req.provider, req.model, Usage())  # the price data is loaded before sending
         with _spend.spending(req, {**body, "max_tokens": 0}) as call:  # an embedding writes none
             async with _pace.turn(call, body):  # ends once the usage is known, for its tpm
-                data = await provider.post(call, url, headers, body)
-                vectors, usage = provider.decode_embed(data)
+                data, (vectors, usage) = await provider.post(  # an odd shape is retried
+                    call, url, headers, body, decode=lambda d: (d, provider.decode_embed(d)))
                 estimate = sum((len(text.encode()) + 3) // 4 for text in texts)
                 call.response = _response(call, "", usage or Usage(estimate), None, data)
                 call.response.vectors = vectors
