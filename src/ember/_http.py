@@ -24,7 +24,7 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _pace
@@ -116,13 +116,13 @@ def _timeout(call: Call, connecting: bool = False) -> ProviderTimeout:
                            "attempt, deadline= the time for the whole call")
 
 
-async def _close_with_loop(session: aiohttp.ClientSession) -> AsyncIterator[None]:
-    """An async generator whose cleanup closes the session when its loop shuts down
-    (asyncio.run and friends call loop.shutdown_asyncgens() before closing a loop)."""
+async def _close_with_loop(close: Callable[[], Awaitable[Any]]) -> AsyncIterator[None]:
+    """An async generator whose cleanup closes a client (with `close`) when its loop shuts
+    down (asyncio.run and friends call loop.shutdown_asyncgens() before closing a loop)."""
     try:
         yield
     finally:
-        await session.close()
+        await close()
 
 
 def _pool_size() -> int:
@@ -146,7 +146,7 @@ async def _session() -> aiohttp.ClientSession:
         size = _pool_size()
         connector = aiohttp.TCPConnector(limit=2 * size, limit_per_host=size)
         session = aiohttp.ClientSession(connector=connector)
-        closer = _close_with_loop(session)
+        closer = _close_with_loop(session.close)
         await closer.__anext__()
         _sessions[loop] = (session, closer)
     return _sessions[loop][0]

@@ -22,13 +22,25 @@ waited for (the provider's 429 then reaches the caller, as in the transport). Lo
 providers ('local', 'ollama') are paced only as configured; the embedded model sends no
 HTTP request, so only `concurrency` applies to it.
 
+With `shared=` a Redis URL, a limit is one for every process and machine that names it:
+each turn is taken in Redis (one round trip, see _redis.PACE) after the call's turn in its
+own process, and the limits learned from a provider's answers for a call under a shared
+limit are kept there too (a pause this process learned goes with its next turn).
+`concurrency` stays a count per process. When Redis is lost mid-run, each
+process paces its shared limits alone (as if they were its own, so together they may go
+faster than the limit: the provider's 429s and headers then slow them) and warns; Redis is
+asked again after RECHECK seconds. A limit guards the provider's patience, not money: a
+run goes on. A pause learned by another process reaches a call that has already taken its
+turn only through the provider's 429.
+
 Left out: a cold-start probe. Before a model's first answer nothing is known of its
 limits, so the first wave of calls (at most the caller's concurrency) goes unpaced; a
 refused one is retried after its retry-after while the others wait with it. Holding every
 call until the first answer would cost each run a whole call's latency. Also left out:
 an event loop blocked for longer than a turn lets the calls it held back go together;
-limits shared between processes (the Redis backend); input and output token limits counted
-apart (Anthropic's tokens headers give the tightest, which ember follows).
+shared limits of one call on two Redis servers (the first one's takes them all); input and
+output token limits counted apart (Anthropic's tokens headers give the tightest, which ember
+follows).
 """
 
 from __future__ import annotations
@@ -39,20 +51,22 @@ import json
 import re
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
-from . import providers
+from . import _redis, providers
 from ._prices import FREE
 from ._spend import max_out
 from ._types import Call, Json, Request
-from .errors import ConfigError
+from .errors import ConfigError, EmberError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
 __all__ = ["learn", "limit", "turn", "wait"]
 
+RECHECK = 30.0  # seconds a lost Redis leaves shared limits paced in each process alone
 MAX_PAUSE = 60.0  # seconds: the longest pause a provider may ask of every call (as _http's)
 PARTS = ("limit", "remaining", "reset")
 HEADERS = {kind: [[f"x-ratelimit-{part}-{kind}" for part in PARTS],  # OpenAI's names
@@ -102,11 +116,13 @@ class Limit:
     """The pace of one target: configured, or learned from its provider's answers."""
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None,
-                 concurrency: int | None = None) -> None:
+                 concurrency: int | None = None, shared: str | None = None, key: str = "") -> None:
         self.per_minute: dict[str, float | None] = {"requests": rpm, "tokens": tpm}
         self.next = {"requests": 0.0, "tokens": 0.0}  # time.monotonic() the next turn is at
         self.until = 0.0  # time.monotonic() the provider asked every call to wait until
         self.places = Places(concurrency) if concurrency else None
+        self.shared, self.key = shared, key  # the Redis URL and key it is shared through
+        self.alone = 0.0  # time.monotonic() until which it is paced here only (Redis lost)
 
     def hold(self, seconds: float, now: float) -> None:
         """No call starts before `seconds` from now; a longer pause is not waited for."""
@@ -115,11 +131,13 @@ class Limit:
 
 
 def limit(target: str, rpm: float | None = None, tpm: float | None = None,
-          concurrency: int | None = None) -> None:
+          concurrency: int | None = None, shared: str | None = None) -> None:
     """Pace every call to `target`, a provider ('openai') or a model ('gpt-4o-mini'):
     at most `rpm` requests and `tpm` tokens a minute, and `concurrency` at once. Calling
     it again replaces the target's limits (calls already waiting keep the old ones); with
-    no numbers, removes them. Limits learned from the provider apply as well."""
+    no numbers, removes them. Limits learned from the provider apply as well. `shared`, a
+    Redis URL, makes it one limit for every process that names it (a ConfigError now if
+    the server does not answer)."""
     numbers = {"rpm": rpm, "tpm": tpm, "concurrency": concurrency}
     for name, value in numbers.items():
         kind = int if name == "concurrency" else (int, float)
@@ -130,7 +148,8 @@ def limit(target: str, rpm: float | None = None, tpm: float | None = None,
     key = target if target in providers.PROVIDERS else "/".join(providers.resolve(target))
     _configured.pop(key, None)
     if any(value is not None for value in numbers.values()):
-        _configured[key] = Limit(rpm, tpm, concurrency)
+        url = None if shared is None else _redis.check(shared, "shared")
+        _configured[key] = Limit(rpm, tpm, concurrency, url, f"ember:limit:{key}")
 
 
 def _limits(req: Request) -> list[Limit]:
@@ -138,7 +157,10 @@ def _limits(req: Request) -> list[Limit]:
     (a server on the user's own machine says nothing that counts)."""
     found = [_configured.get(req.provider), _configured.get(f"{req.provider}/{req.model}")]
     if req.provider not in FREE:
-        found.append(_learned.setdefault((req.base_url, req.provider, req.model), Limit()))
+        learned = _learned.setdefault((req.base_url, req.provider, req.model),
+                                      Limit(key=f"ember:learned:{req.provider}/{req.model}"))
+        learned.shared = next((each.shared for each in found if each and each.shared), None)
+        found.append(learned)
     return [each for each in found if each is not None]
 
 
@@ -165,12 +187,35 @@ async def wait(call: Call, body: Json) -> None:
                 for kind, most in each.per_minute.items():
                     if most:
                         each.next[kind] = start + 60 * charges[kind] / most
+        start = now + await _shared_turn(limits, charges, start - now)
         if start == now:
             return
         call.waited += start - now
         await asyncio.sleep(start - now)
         if all(each.until <= start for each in limits):
             return
+
+
+async def _shared_turn(limits: list[Limit], charges: dict[str, int], ahead: float) -> float:
+    """Seconds to the call's turn under its shared limits as well (taken in Redis), given
+    `ahead`, the seconds to its turn in this process; `ahead` when Redis is lost."""
+    now = time.monotonic()
+    shared = [each for each in limits if each.shared and each.alone < now]
+    if not shared:
+        return ahead
+    told: list[float] = [charges["requests"], charges["tokens"], ahead]
+    for each in shared:  # its rates, and a pause this process was asked for (if learned)
+        told += [each.per_minute["requests"] or 0, each.per_minute["tokens"] or 0,
+                 max(0.0, each.until - now)]
+    try:
+        keys = [each.key for each in shared]
+        return float(await _redis.run(str(shared[0].shared), _redis.PACE, keys, told))
+    except EmberError as problem:  # lost: pace these limits here alone, for a while
+        for each in shared:
+            each.alone = now + RECHECK
+        warnings.warn(f"ember: {problem}; shared limits pace each process alone for "
+                      f"{RECHECK:g} s", stacklevel=4)
+        return ahead
 
 
 @contextlib.asynccontextmanager
