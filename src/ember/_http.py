@@ -176,7 +176,7 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
             call.request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
             answer = b"" if resp.status == 200 and stream else await resp.read()
             quota, wait = _hints(answer, wait) if resp.status != 200 else (False, wait)
-            _pace.learn(req, resp.status, resp.headers, wait)
+            await _pace.learn(req, resp.status, resp.headers, wait)
             call.rate_limited += resp.status == 429
             if resp.status == 200 and stream:
                 return resp

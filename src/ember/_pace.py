@@ -258,23 +258,27 @@ def _reported(headers: Mapping[str, str], kind: str) -> tuple[float, float, floa
     return None
 
 
-def learn(req: Request, status: int, headers: Mapping[str, str],
-          retry_after: float | None) -> None:
-    """Learn the model's pace from one answer's rate-limit headers and status."""
+async def learn(req: Request, status: int, headers: Mapping[str, str],
+                retry_after: float | None) -> None:
+    """Learn the model's pace from one answer's rate-limit headers and status; a pause it
+    asks for is told to Redis at once when the model's limits are shared."""
     if req.provider in FREE:
         return
     learned = _learned.setdefault((req.base_url, req.provider, req.model), Limit())
     with _lock:
-        now = time.monotonic()
+        now, before = time.monotonic(), learned.until
         for kind in HEADERS:
             if (found := _reported(headers, kind)) is None:
                 continue
             most, left, reset = found
             paced = most if 0 <= left < most / 2 else None
-            if paced and not learned.per_minute[kind]:  # pacing starts: a turn from now
+            # pacing starts: a turn from now (shared, the turns in Redis are spaced already)
+            if paced and not learned.per_minute[kind] and not learned.shared:
                 learned.hold(60 / paced, now)
             learned.per_minute[kind] = paced
             if left == 0:  # none left: every call waits for the reset
                 learned.hold(reset, now)
         if status == 429 and retry_after is not None:
             learned.hold(retry_after, now)
+    if learned.until > before and learned.shared:  # a turn of no requests: the pause only
+        await _shared_turn([learned], {"requests": 0, "tokens": 0}, 0.0)

@@ -106,8 +106,11 @@ def _failing(url: str) -> Iterator[None]:
 def client(url: str) -> redis.Redis:
     """The blocking client of a server: thread-safe, one for the process."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    return redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    return redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
+                                retry=Retry(NoBackoff(), 0))  # no retries: TIMEOUT holds
 
 
 def check(url: object, name: str) -> str:
