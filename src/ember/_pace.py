@@ -23,9 +23,9 @@ providers ('local', 'ollama') are paced only as configured; the embedded model s
 HTTP request, so only `concurrency` applies to it.
 
 With `shared=` a Redis URL, a limit is one for every process and machine that names it:
-each turn is taken in Redis (one round trip, see _redis.PACE) after the call's turn in its
-own process, and the limits learned from a provider's answers for a call under a shared
-limit are kept there too (a pause this process learned goes with its next turn).
+its turns are taken in Redis (one round trip, see _redis.PACE), after the call's turn under
+the limits of its own process, and the limits learned from a provider's answers for a call
+under a shared limit are kept there too (a pause is told to Redis as soon as it is learned).
 `concurrency` stays a count per process. When Redis is lost mid-run, each
 process paces its shared limits alone (as if they were its own, so together they may go
 faster than the limit: the provider's 429s and headers then slow them) and warns; Redis is
@@ -38,7 +38,8 @@ limits, so the first wave of calls (at most the caller's concurrency) goes unpac
 refused one is retried after its retry-after while the others wait with it. Holding every
 call until the first answer would cost each run a whole call's latency. Also left out:
 an event loop blocked for longer than a turn lets the calls it held back go together;
-shared limits of one call on two Redis servers (the first one's takes them all); input and
+shared limits of one call on two Redis servers (the first one's takes them all); the turns
+of a shared limit that a stricter limit of the process skips, which go unused; input and
 output token limits counted apart (Anthropic's tokens headers give the tightest, which ember
 follows).
 """
@@ -180,10 +181,11 @@ async def wait(call: Call, body: Json) -> None:
     limits = _limits(call.request)
     charges = {"requests": 1, "tokens": _tokens(limits, body)}
     while True:
-        with _lock:
+        with _lock:  # a shared limit's turns are taken in Redis (here only while it is lost)
             now = time.monotonic()
-            start = max([now, *(at for each in limits for at in [each.until, *each.next.values()])])
-            for each in limits:
+            local = [each for each in limits if not each.shared or each.alone > now]
+            start = max([now, *(at for each in local for at in [each.until, *each.next.values()])])
+            for each in local:
                 for kind, most in each.per_minute.items():
                     if most:
                         each.next[kind] = start + 60 * charges[kind] / most
