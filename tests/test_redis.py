@@ -13,7 +13,9 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -167,10 +169,10 @@ async def test_a_pause_one_process_learned_holds_the_calls_of_another(
     refused = asyncio.create_task(models.acall(GPT, "refused once"))
     client = redis.Redis.from_url(redis_url)
 
-    def paused() -> bool:  # Redis holds every call to the model, for a while
-        until, (seconds, micros) = client.hget(f"ember:learned:openai/{GPT}", "until"), \
+    def paused() -> bool:  # Redis puts the model's next turn off, for a while
+        turn, (seconds, micros) = client.hget(f"ember:learned:openai/{GPT}", "requests"), \
             client.time()
-        return until is not None and float(until) > seconds + micros / 1e6 + 0.5
+        return turn is not None and float(turn) > seconds + micros / 1e6 + 0.5
 
     while not await asyncio.to_thread(paused):
         assert not refused.done()
@@ -239,34 +241,44 @@ def test_a_bad_url_or_a_shared_budget_without_a_name_is_refused():
         budget(usd=1, shared=UNREACHABLE)
 
 
-def test_redis_lost_mid_run_fails_budgets_closed_and_leaves_limits_and_caches_local(
-        openai_srv: OpenAIServer, own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch):
-    url, secret = own_redis.url, own_redis.password or ""
-    monkeypatch.setattr(_pace, "RECHECK", 0.5)
+def test_redis_lost_mid_run_fails_limits_and_budgets_closed_and_leaves_the_cache_out(
+        openai_srv: OpenAIServer, own_redis: RedisServer):
+    url, secret = own_redis.url, str(own_redis.password)
     limit("openai", rpm=60_000, shared=url)
     shared = budget(usd=1.0, shared=url, name="nightly")
-    with shared:
-        first = models(GPT, "Hi", max_tokens=10, cache=url)
-    own_redis.stop()
+
+    def under_budget(prompt: str) -> Any:
+        with shared:
+            return models(GPT, prompt, max_tokens=10, cache=url)
+
+    first = under_budget("Hi")
+    openai_srv.latency = 0.5
+    with ThreadPoolExecutor(1) as pool:
+        under_way = pool.submit(under_budget, "under way")
+        assert openai_srv.wait_for(2)
+        own_redis.stop()  # while that call is at the server
+        with pytest.raises(EmberError, match="Redis at") as unsettled:
+            under_way.result()  # its cost could not be counted: it says so
+    openai_srv.latency = 0
+    with pytest.raises(EmberError) as paced:  # the limit fails closed
+        models(GPT, "Hi")
+    with shared, pytest.raises(EmberError) as refused:  # and so does the budget
+        models(GPT, "Hi again", max_tokens=10)
+    assert not isinstance(refused.value, BudgetExceeded) and len(openai_srv.requests) == 2
+    limit("openai")  # the cache alone: it goes on without Redis
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with shared, pytest.raises(EmberError) as refused:  # the budget fails closed
-            models(GPT, "Hi again", max_tokens=10)
-        assert not isinstance(refused.value, BudgetExceeded) and len(openai_srv.requests) == 1
-        again = [models(GPT, "Hi", cache=url) for _ in range(3)]  # paced here, uncached
-    assert [r.cached for r in again] == [False] * 3 and len(openai_srv.requests) == 4
+        again = [models(GPT, "Hi", cache=url) for _ in range(3)]
+    assert [r.cached for r in again] == [False] * 3 and len(openai_srv.requests) == 5
     said = [str(w.message) for w in caught]
-    assert len([m for m in said if "calls go uncached" in m]) == 1  # the cache warns once
-    assert any("pace each process alone" in m for m in said)
-    for text in [str(refused.value), *said, repr(shared), repr(_redis.store(url))]:
+    assert len(said) == 1 and "calls go uncached" in said[0]  # one warning
+    for text in [str(unsettled.value), str(paced.value), str(refused.value), *said,
+                 repr(shared), repr(_redis.store(url))]:
         assert secret not in text and f"127.0.0.1:{own_redis.port}" in text
     own_redis.start()  # back, empty: a server without persistence forgot what was spent
-    time.sleep(_pace.RECHECK)  # the limits ask Redis again after RECHECK seconds
-    with shared:
-        models(GPT, "Hi", max_tokens=10)
-    assert shared.spent == pytest.approx(first.cost)
-    key = "ember:limit:openai"
-    assert redis.Redis.from_url(url).hget(key, "requests") is not None  # shared again
+    limit("openai", rpm=60_000, shared=url)
+    assert under_budget("Hi after").cost == pytest.approx(shared.spent) == first.cost
+    assert under_budget("Hi after").cached  # the cache is used again at once
 
 
 # ---- the README's example, run as written ----------------------------------------------------

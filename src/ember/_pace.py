@@ -26,12 +26,11 @@ With `shared=` a Redis URL, a limit is one for every process and machine that na
 its turns are taken in Redis (one round trip, see _redis.PACE), after the call's turn under
 the limits of its own process, and the limits learned from a provider's answers for a call
 under a shared limit are kept there too (a pause is told to Redis as soon as it is learned).
-`concurrency` stays a count per process. When Redis is lost mid-run, each
-process paces its shared limits alone (as if they were its own, so together they may go
-faster than the limit: the provider's 429s and headers then slow them) and warns; Redis is
-asked again after RECHECK seconds. A limit guards the provider's patience, not money: a
-run goes on. A pause learned by another process reaches a call that has already taken its
-turn only through the provider's 429.
+`concurrency` stays a count per process. While Redis is lost, a call under a shared limit
+fails closed: it raises an EmberError naming the server, unsent (pacing each process alone
+would let N processes go N times the rate: the 429 storm that sharing is for). A pause
+learned by another process reaches a call that has already taken its turn only through the
+provider's 429.
 
 Left out: a cold-start probe. Before a model's first answer nothing is known of its
 limits, so the first wave of calls (at most the caller's concurrency) goes unpaced; a
@@ -52,7 +51,6 @@ import json
 import re
 import threading
 import time
-import warnings
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -67,7 +65,6 @@ if TYPE_CHECKING:
 
 __all__ = ["learn", "limit", "turn", "wait"]
 
-RECHECK = 30.0  # seconds a lost Redis leaves shared limits paced in each process alone
 MAX_PAUSE = 60.0  # seconds: the longest pause a provider may ask of every call (as _http's)
 PARTS = ("limit", "remaining", "reset")
 HEADERS = {kind: [[f"x-ratelimit-{part}-{kind}" for part in PARTS],  # OpenAI's names
@@ -123,7 +120,6 @@ class Limit:
         self.until = 0.0  # time.monotonic() the provider asked every call to wait until
         self.places = Places(concurrency) if concurrency else None
         self.shared, self.key = shared, key  # the Redis URL and key it is shared through
-        self.alone = 0.0  # time.monotonic() until which it is paced here only (Redis lost)
 
     def hold(self, seconds: float, now: float) -> None:
         """No call starts before `seconds` from now; a longer pause is not waited for."""
@@ -181,9 +177,9 @@ async def wait(call: Call, body: Json) -> None:
     limits = _limits(call.request)
     charges = {"requests": 1, "tokens": _tokens(limits, body)}
     while True:
-        with _lock:  # a shared limit's turns are taken in Redis (here only while it is lost)
+        with _lock:  # a shared limit's turns are taken in Redis
             now = time.monotonic()
-            local = [each for each in limits if not each.shared or each.alone > now]
+            local = [each for each in limits if not each.shared]
             start = max([now, *(at for each in local for at in [each.until, *each.next.values()])])
             for each in local:
                 for kind, most in each.per_minute.items():
@@ -200,24 +196,16 @@ async def wait(call: Call, body: Json) -> None:
 
 async def _shared_turn(limits: list[Limit], charges: dict[str, int], ahead: float) -> float:
     """Seconds to the call's turn under its shared limits as well (taken in Redis), given
-    `ahead`, the seconds to its turn in this process; `ahead` when Redis is lost."""
-    now = time.monotonic()
-    shared = [each for each in limits if each.shared and each.alone < now]
+    `ahead`, the seconds to its turn in this process."""
+    now, shared = time.monotonic(), [each for each in limits if each.shared]
     if not shared:
         return ahead
     told: list[float] = [charges["requests"], charges["tokens"], ahead]
     for each in shared:  # its rates, and a pause this process was asked for (if learned)
         told += [each.per_minute["requests"] or 0, each.per_minute["tokens"] or 0,
                  max(0.0, each.until - now)]
-    try:
-        keys = [each.key for each in shared]
-        return float(await _redis.run(str(shared[0].shared), _redis.PACE, keys, told))
-    except EmberError as problem:  # lost: pace these limits here alone, for a while
-        for each in shared:
-            each.alone = now + RECHECK
-        warnings.warn(f"ember: {problem}; shared limits pace each process alone for "
-                      f"{RECHECK:g} s", stacklevel=4)
-        return ahead
+    keys = [each.key for each in shared]
+    return float(await _redis.run(str(shared[0].shared), _redis.PACE, keys, told))
 
 
 @contextlib.asynccontextmanager
@@ -283,4 +271,5 @@ async def learn(req: Request, status: int, headers: Mapping[str, str],
         if status == 429 and retry_after is not None:
             learned.hold(retry_after, now)
     if learned.until > before and learned.shared:  # a turn of no requests: the pause only
-        await _shared_turn([learned], {"requests": 0, "tokens": 0}, 0.0)
+        with contextlib.suppress(EmberError):  # Redis lost: the next call will say so
+            await _shared_turn([learned], {"requests": 0, "tokens": 0}, 0.0)

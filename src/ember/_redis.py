@@ -3,18 +3,19 @@ through one Redis server, named by URL (`shared="redis://host:6379/0"`).
 
 Every decision is one Lua script, which Redis runs atomically, on its own clock (TIME), so
 machines need not agree on the time: a turn under the shared limits of a call (PACE), a
-hold under a ledger's caps (RESERVE: a budget's reservation, or a place under a shared
-`concurrency`), its settlement (SETTLE) and the renewal of its lease (RENEW). A hold is
-leased for LEASE seconds and renewed every LEASE / 3 while its call runs; the hold of a
-process that died is dropped by the first reservation after its lease ends, so a crash
-never leaks a cap for longer than LEASE.
+reservation under a shared budget (RESERVE), its settlement (SETTLE) and the renewal of its
+lease (RENEW). A reservation is leased for LEASE seconds and renewed every LEASE / 3 while
+its call runs; one whose process died is dropped by the first reservation after its lease
+ends, so a crash never holds a cap for longer than LEASE. Summing the reservations under
+way costs each reservation a pass over them (a few µs per hundred).
 
 The redis package (`pip install 'ember[shared]'`) is imported on first use. Calls use its
-asyncio client (one per event loop, at most POOL connections each); the cache's store, whose
-interface is synchronous like SQLite's, and the checks made when a limit, budget or store
-is created use its blocking client. Every operation, connecting included, gives up after
-TIMEOUT seconds. A server that cannot be reached when something names it is a ConfigError;
-later, an EmberError. Neither, nor any repr, shows the credentials of a URL.
+asyncio client: one per event loop, of at most 50 connections (more calls at once wait for
+one). The cache's store, whose interface is synchronous like SQLite's, and the checks made
+when a limit, budget or store is created use its blocking client. Every operation,
+connecting included, gives up after TIMEOUT seconds, unretried. A server that cannot be
+reached when something names it is a ConfigError; later, an EmberError. Neither, nor any
+repr, shows the credentials of a URL.
 
 Left out: Redis Cluster and Sentinel (one server, or whatever answers at one address), and
 a cap or rate that differs between the processes naming it (each process checks its own).
@@ -34,30 +35,27 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["LEASE", "PACE", "RESERVE", "SCHEMES", "SETTLE", "RedisStore", "check", "client", "renew", "run",
-           "safe", "spent", "store"]
+__all__ = ["LEASE", "PACE", "RESERVE", "SCHEMES", "SETTLE", "RedisStore", "check", "client",
+           "renew", "run", "safe", "spent", "store"]
 
 TIMEOUT = 2.0  # seconds any Redis operation may take, connecting included
 LEASE = 60.0  # seconds a hold outlives a process that died holding it
 SCHEMES = ("redis://", "rediss://", "unix://")  # the URLs redis-py reads
-POOL = 50  # connections per event loop: more calls at once wait for one (up to TIMEOUT)
 _clients: dict[tuple[str, Any], tuple[redis.asyncio.Redis, AsyncIterator[None]]] = {}
 
 NOW = "local t = redis.call('TIME') local now = t[1] + t[2] / 1e6\n"
-# KEYS: a hash per shared limit of the call. ARGV: the call's requests and tokens, the seconds
-# its local turn is away, then per key: rpm and tpm (0: none), and a pause asked for (seconds).
-# A hash holds the times the next turn of each kind is at, and the time every call waits until.
+# KEYS: a hash per shared limit of the call, holding the time the next turn of each kind is
+# at (a pause asked for puts both off). ARGV: the call's requests and tokens, the seconds its
+# turn in its own process is away, then per key: rpm and tpm (0: none), and a pause (seconds).
 PACE = NOW + """local start = now + ARGV[3]
 for i, key in ipairs(KEYS) do
-  local at = redis.call('HMGET', key, 'until', 'requests', 'tokens')
-  local hold = math.max(tonumber(at[1]) or 0, now + ARGV[3 * i + 3])
-  redis.call('HSET', key, 'until', hold)
-  start = math.max(start, hold, tonumber(at[2]) or 0, tonumber(at[3]) or 0)
+  local at = redis.call('HMGET', key, 'requests', 'tokens')
+  start = math.max(start, now + ARGV[3 * i + 3], tonumber(at[1]) or 0, tonumber(at[2]) or 0)
 end
 for i, key in ipairs(KEYS) do
   for j, kind in ipairs({'requests', 'tokens'}) do
     local most = tonumber(ARGV[3 * i + j])
-    if most > 0 then redis.call('HSET', key, kind, start + 60 * ARGV[j] / most) end
+    redis.call('HSET', key, kind, start + (most > 0 and 60 * ARGV[j] / most or 0))
   end
   redis.call('EXPIRE', key, 3600)
 end
@@ -91,15 +89,15 @@ def safe(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _failing(url: str) -> Iterator[None]:
-    """A failed Redis operation as an EmberError that names the server, not its password."""
+def _failing(url: str, kind: type[EmberError] = EmberError) -> Iterator[None]:
+    """A failed Redis operation as an error of `kind` naming the server, not its password."""
     import redis
 
     try:
         yield
     except (redis.RedisError, OSError) as problem:
-        raise EmberError(f"Redis at {safe(url)} failed: {type(problem).__name__}: "
-                         f"{str(problem).replace(url, safe(url))}") from None
+        raise kind(f"Redis at {safe(url)} failed: {type(problem).__name__}: "
+                   f"{str(problem).replace(url, safe(url))}") from None
 
 
 @functools.cache
@@ -118,11 +116,8 @@ def check(url: object, name: str) -> str:
     if not (isinstance(url, str) and url.startswith(SCHEMES)):
         raise ConfigError(f"{name}= takes a Redis URL such as redis://host:6379/0, not "
                           f"{safe(str(url))!r:.60}")
-    try:
-        with _failing(url):
-            client(url).ping()
-    except EmberError as problem:
-        raise ConfigError(f"{problem} (is redis-server running there?)") from None
+    with _failing(url, ConfigError):  # the server is asked once, when it is named
+        client(url).ping()
     return url
 
 
@@ -139,7 +134,7 @@ async def run(url: str, script: str, keys: list[str], args: list[Any]) -> Any:
         for old in [old for old in _clients if old[1].is_closed()]:
             del _clients[old]
         pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url, max_connections=POOL, timeout=TIMEOUT, socket_timeout=TIMEOUT,
+            url, max_connections=50, timeout=TIMEOUT, socket_timeout=TIMEOUT,
             socket_connect_timeout=TIMEOUT)
         shared = redis.asyncio.Redis.from_pool(pool)
         closer = _close_with_loop(shared.aclose)  # closes it when the loop shuts down
@@ -159,10 +154,10 @@ async def renew(url: str, keys: list[str], hold: str) -> None:
             await run(url, RENEW, keys, [hold, LEASE])
 
 
-def spent(url: str, key: str) -> tuple[float, int]:
-    """What a shared budget has spent, by every process: (usd, tokens)."""
+def spent(url: str, name: str) -> tuple[float, int]:
+    """What the shared budget `name` has spent, by every process: (usd, tokens)."""
     with _failing(url):
-        usd, tokens = client(url).hmget(key, ["usd", "tokens"])
+        usd, tokens = client(url).hmget(f"ember:budget:{name}", ["usd", "tokens"])
     return float(usd or 0), int(float(tokens or 0))
 
 
@@ -189,14 +184,11 @@ class RedisStore:
 
     def stats(self) -> dict[str, Any]:
         keys = list(client(self.url).scan_iter(self.PREFIX + "*"))
-        size = sum(client(self.url).strlen(key) for key in keys)
-        return {"entries": len(keys), "bytes": size, "path": safe(self.url)}
+        return {"entries": len(keys), "bytes": sum(map(client(self.url).strlen, keys)),
+                "path": safe(self.url)}
 
     def __repr__(self) -> str:
         return f"RedisStore({safe(self.url)!r})"
 
 
-@functools.cache
-def store(url: str) -> RedisStore:
-    """The store of a URL given as cache= or store=: one per process."""
-    return RedisStore(url)
+store = functools.cache(RedisStore)  # the store of a URL given as cache= or store=: one each

@@ -155,14 +155,12 @@ class Budget(_Scope):
     @property
     def spent(self) -> float:
         """USD spent under the cap: by every process that shares it, read from Redis."""
-        return _redis.spent(self.shared, f"ember:budget:{self.name}")[0] if self.shared \
-            else self.own
+        return _redis.spent(self.shared, str(self.name))[0] if self.shared else self.own
 
     @property
     def tokens_used(self) -> int:
         """Tokens spent under the cap: by every process that shares it, read from Redis."""
-        return _redis.spent(self.shared, f"ember:budget:{self.name}")[1] if self.shared \
-            else self.own_tokens
+        return _redis.spent(self.shared, str(self.name))[1] if self.shared else self.own_tokens
 
     def _admit(self, model: str, usd: float | None, tokens: int) -> None:
         if self.usd is not None and usd is None:
