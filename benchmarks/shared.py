@@ -12,7 +12,7 @@ Measures, in one run (figures in BENCHMARKS.md, section "Shared through Redis"):
     taking a turn); under `budget(usd=10**6)` (a reservation and its settlement); and a
     cache hit (SQLite, and Redis). Beside each shared figure: the Redis commands a call
     sent (Redis's own count, INFO commandstats), i.e. its round trips.
- 2. Four worker processes × 250 concurrent calls under one `budget(usd=..., shared=...)`,
+ 2. Four worker processes x 250 concurrent calls under one `budget(usd=..., shared=...)`,
     against the fake of tests/fakes.py (50 ms latency, in this process), each call costing
     just what it reserves: sent, refused, spent against the cap, requests at the server.
  3. Four worker processes sharing `limit("openai", rpm=600, shared=...)`, 8 calls each at

@@ -236,7 +236,9 @@ def test_an_unreachable_server_is_a_config_error_naming_it_without_its_password(
 
 def test_a_bad_url_or_a_shared_budget_without_a_name_is_refused():
     with pytest.raises(ConfigError, match="shared= takes a Redis URL"):
-        limit("openai", rpm=10, shared="localhost:6379")
+        limit("openai", rpm=10, shared=True)
+    with pytest.raises(ConfigError, match=r"Redis at localhost:6379 .* schemes \(redis://"):
+        budget(usd=1, shared="localhost:6379", name="x")
     with pytest.raises(ConfigError, match="name= takes the shared budget's name"):
         budget(usd=1, shared=UNREACHABLE)
 

@@ -95,7 +95,7 @@ def _failing(url: str, kind: type[EmberError] = EmberError) -> Iterator[None]:
 
     try:
         yield
-    except (redis.RedisError, OSError) as problem:
+    except (redis.RedisError, OSError, ValueError) as problem:
         raise kind(f"Redis at {safe(url)} failed: {type(problem).__name__}: "
                    f"{str(problem).replace(url, safe(url))}") from None
 
@@ -112,13 +112,12 @@ def client(url: str) -> redis.Redis:
 
 
 def check(url: object, name: str) -> str:
-    """A Redis URL, once its server has answered: a ConfigError naming it when it does not."""
-    if not (isinstance(url, str) and url.startswith(SCHEMES)):
-        raise ConfigError(f"{name}= takes a Redis URL such as redis://host:6379/0, not "
-                          f"{safe(str(url))!r:.60}")
-    with _failing(url, ConfigError):  # the server is asked once, when it is named
-        client(url).ping()
-    return url
+    """A Redis URL, once its server has answered: a ConfigError naming it when it does not
+    (or when redis-py cannot read it: its ValueError names the schemes it takes)."""
+    ConfigError.check(isinstance(url, str), name, url, "a Redis URL such as redis://host:6379/0")
+    with _failing(str(url), ConfigError):  # the server is asked once, when it is named
+        client(str(url)).ping()
+    return str(url)
 
 
 async def run(url: str, script: str, keys: list[str], args: list[Any]) -> Any:
@@ -131,8 +130,8 @@ async def run(url: str, script: str, keys: list[str], args: list[Any]) -> Any:
     if (url, loop) not in _clients:
         from ._http import _close_with_loop
 
-        for old in [old for old in _clients if old[1].is_closed()]:
-            del _clients[old]
+        for old in [old for old in list(_clients) if old[1].is_closed()]:
+            _clients.pop(old, None)  # another thread's loop may be dropping it too
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url, max_connections=50, timeout=TIMEOUT, socket_timeout=TIMEOUT,
             socket_connect_timeout=TIMEOUT)
