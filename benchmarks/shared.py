@@ -1,7 +1,7 @@
 """Limits, budgets and the cache shared through Redis: what each costs a call over loopback
 Redis, and four processes sharing one budget and one limit.
 
-    python benchmarks/shared.py             # about 40 s; needs redis-server on the PATH
+    python benchmarks/shared.py             # about 15 s; needs redis-server on the PATH
     python benchmarks/shared.py --calls 300  # fewer calls per figure, quicker
 
 Measures, in one run (figures in BENCHMARKS.md, section "Shared through Redis"):
@@ -110,8 +110,20 @@ def per_call(base_url: str, url: str, calls: int) -> dict[str, tuple[float, floa
                 sent[name] = (commands(url) - before) / calls
                 limit("openai")
 
+    async def bare_round_trip() -> float:  # for scale: redis-py's own, with no script
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            return min([await median_call(lambda: client.eval("return 1", 0), calls)
+                        for _ in range(ROUNDS + 1)])
+        finally:
+            await client.aclose()
+
     asyncio.run(measure())
-    return {name: (best[name], sent[name]) for name in variants}
+    figures = {name: (best[name], sent[name]) for name in variants}
+    figures["(a bare redis.asyncio EVAL, alone)"] = (asyncio.run(bare_round_trip()), 1.0)
+    return figures
 
 
 def four_spenders(url: str) -> dict[str, Any]:
@@ -152,7 +164,8 @@ def main() -> None:
         print(f"{'per call (median µs, best of 5 rounds)':40} {'µs':>8} {'added':>8} "
               f"{'Redis commands':>15}")
         for name, (us, sent) in costs.items():
-            print(f"{name:40} {us:8.1f} {us - base:+8.1f} {sent:15.2f}")
+            added = f"{us - base:+8.1f}" if name[0] != "(" else " " * 8
+            print(f"{name:40} {us:8.1f} {added} {sent:15.2f}")
         redis.Redis.from_url(server.url).flushall()
         print("\nfour processes x 250 calls under one shared budget:", four_spenders(server.url))
         print("four processes sharing limit(rpm=600), server admits 10/s:", four_paced(server.url))
