@@ -86,7 +86,7 @@ def test_four_processes_under_one_shared_budget_spend_up_to_the_cap_and_no_furth
         models(GPT, "Hi", max_tokens=100)  # this process sees what the others spent
 
 
-async def test_a_shared_budget_holds_across_tasks_and_settles_at_the_real_cost(
+async def test_a_shared_budget_settles_at_the_real_cost_and_caps_tokens_too(
         openai_srv: OpenAIServer, redis_url: str):
     worst = worst_case(openai_srv, max_tokens=100)
     openai_srv.usage = (5, 5)  # cheaper than the worst case held
