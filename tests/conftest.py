@@ -3,6 +3,7 @@ ember at them. No test reaches beyond loopback."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import time
@@ -70,6 +71,8 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not installed: apt-get install redis-server")
         secret = ["--requirepass", self.password] if self.password else []
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",

@@ -37,7 +37,8 @@ limits, so the first wave of calls (at most the caller's concurrency) goes unpac
 refused one is retried after its retry-after while the others wait with it. Holding every
 call until the first answer would cost each run a whole call's latency. Also left out:
 an event loop blocked for longer than a turn lets the calls it held back go together;
-shared limits of one call on two Redis servers (the first one's takes them all); the turns
+shared limits of one call on two Redis servers (the first one's takes them all); a shared
+tpm corrected by a call's real usage (it keeps the estimate: one round trip less); the turns
 of a shared limit that a stricter limit of the process skips, which go unused; input and
 output token limits counted apart (Anthropic's tokens headers give the tightest, which ember
 follows).
