@@ -21,9 +21,9 @@ from ember.errors import ConfigError, EmberError, MissingKey, UnknownModel
 
 def test_exported_names_are_pinned():
     assert sorted(ember.__all__) == [
-        "Budget", "MemoryStore", "Model", "Response", "SQLiteStore", "Stream", "Tracker",
-        "Usage", "abatch", "aparallel", "batch", "budget", "cache", "errors", "gather", "limit",
-        "models", "parallel", "retry", "track", "usage", "vote"]
+        "Budget", "MemoryStore", "Model", "RedisStore", "Response", "SQLiteStore", "Stream",
+        "Tracker", "Usage", "abatch", "aparallel", "batch", "budget", "cache", "errors", "gather",
+        "limit", "models", "parallel", "retry", "track", "usage", "vote"]
     assert sorted(ember.errors.__all__) == [
         "BudgetExceeded", "ConfigError", "EmberError", "InvalidOutput", "MissingKey",
         "PartialFailure", "ProviderError", "ProviderTimeout", "RateLimited", "Refused",
@@ -133,7 +133,7 @@ def test_an_unknown_price_is_none_with_one_warning_per_model(openai_srv: OpenAIS
 
 def test_import_ember_loads_no_http_client_pricing_or_model_runtime():
     code = ("import sys, ember; heavy = {'aiohttp', 'genai_prices', 'xllamacpp', 'pydantic', "
-            "'httpx', 'openai'}; print(sorted(heavy & set(sys.modules)))")
+            "'httpx', 'openai', 'redis'}; print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -16,7 +16,10 @@ A store is any object with get(key) -> bytes | None, set(key, value, ttl),
 clear(older_than=None) -> int and stats() -> dict; values are pickled. A store that fails
 (corrupt, locked, unwritable) warns once and calls go on uncached: never a crash, never a
 wrong answer. Left out: a size limit and eviction (expired entries stay until
-`ember cache clear`), and stores shared by machines (Redis).
+`ember cache clear`). Stores shared by machines: RedisStore (see _redis), named by its URL;
+identical calls in flight in two processes at once are both sent (waiting on another
+process's call would hold this one on a lock that a process that dies leaves behind, and the
+store's interface is synchronous); once one has stored its answer, every process hits it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from . import _spend
+from . import _redis, _spend
 from ._types import Call, Request, Response
 from .errors import ConfigError
 
@@ -127,17 +130,20 @@ def _default(home: str | None, ttl: float | None) -> SQLiteStore:
 
 def store_for(cache: Any, stream: bool = False) -> Any:
     """What `cache=` names: None/False for no cache, True for the default store, a number of
-    seconds for the default store with that ttl, or a store."""
+    seconds for the default store with that ttl, a Redis URL (see _redis.RedisStore), or a
+    store."""
     if cache is None or cache is False:
         return None
     if stream:
         raise ConfigError("a stream is never cached: drop cache=, or call without streaming")
     if cache is True or (isinstance(cache, (int, float)) and cache > 0):
         return _default(os.environ.get("EMBER_HOME"), None if cache is True else float(cache))
+    if isinstance(cache, str) and cache.startswith(_redis.SCHEMES):
+        return _redis.store(cache)
     if all(hasattr(cache, name) for name in ("get", "set", "clear", "stats")):
         return cache
-    raise ConfigError("cache= takes True, a number of seconds to keep entries, or a store such "
-                      f"as MemoryStore(), not {cache!r}")
+    raise ConfigError("cache= takes True, a number of seconds to keep entries, a Redis URL or a "
+                      f"store such as MemoryStore(), not {cache!r}")
 
 
 def _failed(store: Any, problem: Exception) -> None:

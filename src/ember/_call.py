@@ -88,7 +88,7 @@ async def _send(req: Request) -> Response:
     provider = providers.module(req.provider)
     url, headers, body = provider.encode(req)
     cost(req.provider, req.model, Usage())  # the price data is loaded before sending, not after
-    with _spend.spending(req, body) as call:
+    async with _spend.spending(req, body) as call:
         async with _pace.turn(call, body):  # ends once the usage is known, for its tpm
             data, (text, usage, end) = await provider.post(  # decoded by the transport: an
                 call, url, headers, body, decode=lambda data: (data, provider.decode(data)))
@@ -129,7 +129,7 @@ class Stream:
         end: Finish | None = None
         last, done = {}, False
         cost(req.provider, req.model, Usage())  # the price data is loaded before sending
-        with _spend.spending(req, body) as call:
+        async with _spend.spending(req, body) as call:
             async with _pace.turn(call, body):
                 try:
                     async for last in provider.events(call, url, headers, body):
@@ -229,13 +229,13 @@ class Models:
         req = request(model, [{"role": "user", "content": text} for text in texts], **params)
         url, headers, body = provider.encode_embed(req)
         cost(req.provider, req.model, Usage())  # the price data is loaded before sending
-        with _spend.spending(req, {**body, "max_tokens": 0}) as call:  # an embedding writes none
-            async with _pace.turn(call, body):  # ends once the usage is known, for its tpm
-                data, (vectors, usage) = await provider.post(  # an odd shape is retried
-                    call, url, headers, body, decode=lambda d: (d, provider.decode_embed(d)))
-                estimate = sum((len(text.encode()) + 3) // 4 for text in texts)
-                call.response = _response(call, "", usage or Usage(estimate), None, data)
-                call.response.vectors = vectors
+        async with (_spend.spending(req, {**body, "max_tokens": 0}) as call,  # writes none
+                    _pace.turn(call, body)):  # ends once the usage is known, for its tpm
+            data, (vectors, usage) = await provider.post(  # an odd shape is retried
+                call, url, headers, body, decode=lambda d: (d, provider.decode_embed(d)))
+            estimate = sum((len(text.encode()) + 3) // 4 for text in texts)
+            call.response = _response(call, "", usage or Usage(estimate), None, data)
+            call.response.vectors = vectors
         return call.response
 
     def instance(self, model: str, **defaults: Any) -> Model:

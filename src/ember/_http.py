@@ -24,7 +24,7 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _pace
@@ -116,13 +116,13 @@ def _timeout(call: Call, connecting: bool = False) -> ProviderTimeout:
                            "attempt, deadline= the time for the whole call")
 
 
-async def _close_with_loop(session: aiohttp.ClientSession) -> AsyncIterator[None]:
-    """An async generator whose cleanup closes the session when its loop shuts down
-    (asyncio.run and friends call loop.shutdown_asyncgens() before closing a loop)."""
+async def _close_with_loop(close: Callable[[], Awaitable[Any]]) -> AsyncIterator[None]:
+    """An async generator whose cleanup closes a client (with `close`) when its loop shuts
+    down (asyncio.run and friends call loop.shutdown_asyncgens() before closing a loop)."""
     try:
         yield
     finally:
-        await session.close()
+        await close()
 
 
 def _pool_size() -> int:
@@ -146,7 +146,7 @@ async def _session() -> aiohttp.ClientSession:
         size = _pool_size()
         connector = aiohttp.TCPConnector(limit=2 * size, limit_per_host=size)
         session = aiohttp.ClientSession(connector=connector)
-        closer = _close_with_loop(session)
+        closer = _close_with_loop(session.close)
         await closer.__anext__()
         _sessions[loop] = (session, closer)
     return _sessions[loop][0]
@@ -176,7 +176,7 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
             call.request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
             answer = b"" if resp.status == 200 and stream else await resp.read()
             quota, wait = _hints(answer, wait) if resp.status != 200 else (False, wait)
-            _pace.learn(req, resp.status, resp.headers, wait)
+            await _pace.learn(req, resp.status, resp.headers, wait)
             call.rate_limited += resp.status == 429
             if resp.status == 200 and stream:
                 return resp

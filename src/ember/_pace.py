@@ -22,13 +22,26 @@ waited for (the provider's 429 then reaches the caller, as in the transport). Lo
 providers ('local', 'ollama') are paced only as configured; the embedded model sends no
 HTTP request, so only `concurrency` applies to it.
 
+With `shared=` a Redis URL, a limit is one for every process and machine that names it:
+its turns are taken in Redis (one round trip, see _redis.PACE), after the call's turn under
+the limits of its own process, and the limits learned from a provider's answers for a call
+under a shared limit are kept there too (a pause is told to Redis as soon as it is learned).
+`concurrency` stays a count per process. While Redis is lost, a call under a shared limit
+fails closed: it raises an EmberError naming the server, unsent (pacing each process alone
+would let N processes go N times the rate: the 429 storm that sharing is for). A pause
+learned by another process reaches a call that has already taken its turn only through the
+provider's 429.
+
 Left out: a cold-start probe. Before a model's first answer nothing is known of its
 limits, so the first wave of calls (at most the caller's concurrency) goes unpaced; a
 refused one is retried after its retry-after while the others wait with it. Holding every
 call until the first answer would cost each run a whole call's latency. Also left out:
 an event loop blocked for longer than a turn lets the calls it held back go together;
-limits shared between processes (the Redis backend); input and output token limits counted
-apart (Anthropic's tokens headers give the tightest, which ember follows).
+shared limits of one call on two Redis servers (the first one's takes them all); a shared
+tpm corrected by a call's real usage (it keeps the estimate: one round trip less); the turns
+of a shared limit that a stricter limit of the process skips, which go unused; input and
+output token limits counted apart (Anthropic's tokens headers give the tightest, which ember
+follows).
 """
 
 from __future__ import annotations
@@ -42,11 +55,11 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
-from . import providers
+from . import _redis, providers
 from ._prices import FREE
 from ._spend import max_out
 from ._types import Call, Json, Request
-from .errors import ConfigError
+from .errors import ConfigError, EmberError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -102,11 +115,12 @@ class Limit:
     """The pace of one target: configured, or learned from its provider's answers."""
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None,
-                 concurrency: int | None = None) -> None:
+                 concurrency: int | None = None, shared: str | None = None, key: str = "") -> None:
         self.per_minute: dict[str, float | None] = {"requests": rpm, "tokens": tpm}
         self.next = {"requests": 0.0, "tokens": 0.0}  # time.monotonic() the next turn is at
         self.until = 0.0  # time.monotonic() the provider asked every call to wait until
         self.places = Places(concurrency) if concurrency else None
+        self.shared, self.key = shared, key  # the Redis URL and key it is shared through
 
     def hold(self, seconds: float, now: float) -> None:
         """No call starts before `seconds` from now; a longer pause is not waited for."""
@@ -115,11 +129,13 @@ class Limit:
 
 
 def limit(target: str, rpm: float | None = None, tpm: float | None = None,
-          concurrency: int | None = None) -> None:
+          concurrency: int | None = None, shared: str | None = None) -> None:
     """Pace every call to `target`, a provider ('openai') or a model ('gpt-4o-mini'):
     at most `rpm` requests and `tpm` tokens a minute, and `concurrency` at once. Calling
     it again replaces the target's limits (calls already waiting keep the old ones); with
-    no numbers, removes them. Limits learned from the provider apply as well."""
+    no numbers, removes them. Limits learned from the provider apply as well. `shared`, a
+    Redis URL, makes it one limit for every process that names it (a ConfigError now if
+    the server does not answer)."""
     numbers = {"rpm": rpm, "tpm": tpm, "concurrency": concurrency}
     for name, value in numbers.items():
         kind = int if name == "concurrency" else (int, float)
@@ -130,7 +146,8 @@ def limit(target: str, rpm: float | None = None, tpm: float | None = None,
     key = target if target in providers.PROVIDERS else "/".join(providers.resolve(target))
     _configured.pop(key, None)
     if any(value is not None for value in numbers.values()):
-        _configured[key] = Limit(rpm, tpm, concurrency)
+        url = None if shared is None else _redis.check(shared, "shared")
+        _configured[key] = Limit(rpm, tpm, concurrency, url, f"ember:limit:{key}")
 
 
 def _limits(req: Request) -> list[Limit]:
@@ -138,7 +155,10 @@ def _limits(req: Request) -> list[Limit]:
     (a server on the user's own machine says nothing that counts)."""
     found = [_configured.get(req.provider), _configured.get(f"{req.provider}/{req.model}")]
     if req.provider not in FREE:
-        found.append(_learned.setdefault((req.base_url, req.provider, req.model), Limit()))
+        learned = _learned.setdefault((req.base_url, req.provider, req.model),
+                                      Limit(key=f"ember:learned:{req.provider}/{req.model}"))
+        learned.shared = next((each.shared for each in found if each and each.shared), None)
+        found.append(learned)
     return [each for each in found if each is not None]
 
 
@@ -158,19 +178,35 @@ async def wait(call: Call, body: Json) -> None:
     limits = _limits(call.request)
     charges = {"requests": 1, "tokens": _tokens(limits, body)}
     while True:
-        with _lock:
+        with _lock:  # a shared limit's turns are taken in Redis
             now = time.monotonic()
-            start = max([now, *(at for each in limits for at in [each.until, *each.next.values()])])
-            for each in limits:
+            local = [each for each in limits if not each.shared]
+            start = max([now, *(at for each in local for at in [each.until, *each.next.values()])])
+            for each in local:
                 for kind, most in each.per_minute.items():
                     if most:
                         each.next[kind] = start + 60 * charges[kind] / most
+        start = now + await _shared_turn(limits, charges, start - now)
         if start == now:
             return
         call.waited += start - now
         await asyncio.sleep(start - now)
         if all(each.until <= start for each in limits):
             return
+
+
+async def _shared_turn(limits: list[Limit], charges: dict[str, int], ahead: float) -> float:
+    """Seconds to the call's turn under its shared limits as well (taken in Redis), given
+    `ahead`, the seconds to its turn in this process."""
+    now, shared = time.monotonic(), [each for each in limits if each.shared]
+    if not shared:
+        return ahead
+    told: list[float] = [charges["requests"], charges["tokens"], ahead]
+    for each in shared:  # its rates, and a pause this process was asked for (if learned)
+        told += [each.per_minute["requests"] or 0, each.per_minute["tokens"] or 0,
+                 max(0.0, each.until - now)]
+    keys = [each.key for each in shared]
+    return float(await _redis.run(str(shared[0].shared), _redis.PACE, keys, told))
 
 
 @contextlib.asynccontextmanager
@@ -213,23 +249,28 @@ def _reported(headers: Mapping[str, str], kind: str) -> tuple[float, float, floa
     return None
 
 
-def learn(req: Request, status: int, headers: Mapping[str, str],
-          retry_after: float | None) -> None:
-    """Learn the model's pace from one answer's rate-limit headers and status."""
+async def learn(req: Request, status: int, headers: Mapping[str, str],
+                retry_after: float | None) -> None:
+    """Learn the model's pace from one answer's rate-limit headers and status; a pause it
+    asks for is told to Redis at once when the model's limits are shared."""
     if req.provider in FREE:
         return
     learned = _learned.setdefault((req.base_url, req.provider, req.model), Limit())
     with _lock:
-        now = time.monotonic()
+        now, before = time.monotonic(), learned.until
         for kind in HEADERS:
             if (found := _reported(headers, kind)) is None:
                 continue
             most, left, reset = found
             paced = most if 0 <= left < most / 2 else None
-            if paced and not learned.per_minute[kind]:  # pacing starts: a turn from now
+            # pacing starts: a turn from now (shared, the turns in Redis are spaced already)
+            if paced and not learned.per_minute[kind] and not learned.shared:
                 learned.hold(60 / paced, now)
             learned.per_minute[kind] = paced
             if left == 0:  # none left: every call waits for the reset
                 learned.hold(reset, now)
         if status == 429 and retry_after is not None:
             learned.hold(retry_after, now)
+    if learned.until > before and learned.shared:  # a turn of no requests: the pause only
+        with contextlib.suppress(EmberError):  # Redis lost: the next call will say so
+            await _shared_turn([learned], {"requests": 0, "tokens": 0}, 0.0)

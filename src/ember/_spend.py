@@ -9,6 +9,17 @@ framing per message), all priced as cache writes (the dearest input), plus its m
 (which bound the reasoning tokens too), at the model's price. A call whose reservation
 would cross a cap is refused, unsent. A call whose usage stays unknown (a stream without
 usage) is charged that worst case.
+
+A budget given `shared=` (a Redis URL) and a `name` is one cap for every process and
+machine that names it: after the process's own check, each call's worst case is held in
+Redis (one round trip, _redis.RESERVE, which refuses it atomically when the cap could be
+crossed by all that was spent and is held) and settled to what it spent when it ends
+(another). A hold is leased and renewed while the call runs (see _redis.LEASE): a process
+that dies frees its holds once their leases end. `.spent` and `.tokens_used` read what
+every process spent. Redis lost mid-run fails closed: a call is refused with an EmberError
+naming the server, and a call under way when it is lost raises one when it ends (its cost
+could not be counted). What a shared budget spent stays in Redis (`ember:budget:NAME`)
+until deleted: a new run that starts from zero takes a new name.
 """
 
 from __future__ import annotations
@@ -16,11 +27,12 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
-from . import _log
+from . import _log, _redis
 from ._prices import cost
 from ._types import Call, Request, Usage, number
 from .errors import BudgetExceeded, ConfigError
@@ -120,34 +132,54 @@ class _ByModel(dict[str, Tracker]):
 
 class Budget(_Scope):
     """`with budget(usd=2.00, tokens=None):` a hard cap on the calls made inside: each is
-    refused, unsent, with BudgetExceeded when its worst case could cross the cap."""
+    refused, unsent, with BudgetExceeded when its worst case could cross the cap. With
+    `shared=` a Redis URL and a `name`, one cap for every process that names it (a
+    ConfigError now if the server does not answer)."""
 
     _var = _budgets
 
-    def __init__(self, usd: float | None = None, tokens: int | None = None) -> None:
+    def __init__(self, usd: float | None = None, tokens: int | None = None,
+                 shared: str | None = None, name: str | None = None) -> None:
         if usd is None and tokens is None:
             raise ConfigError("budget() needs a cap: budget(usd=2.00) or budget(tokens=100_000)")
         ConfigError.check(usd is None or number(usd, 0), "usd", usd, "dollars >= 0")
         ConfigError.check(tokens is None or number(tokens, 0, whole=True), "tokens", tokens,
                           "a whole number >= 0")
-        self.usd, self.tokens = usd, tokens
-        self.spent = self.reserved = 0.0
-        self.tokens_used = self.tokens_reserved = 0
+        ConfigError.check(shared is None or bool(name and isinstance(name, str)), "name", name,
+                          "the shared budget's name, the same in every process")
+        self.usd, self.tokens, self.name = usd, tokens, name
+        self.shared = None if shared is None else _redis.check(shared, "shared")
+        self.own, self.reserved = 0.0, 0.0  # spent and held by this process
+        self.own_tokens, self.tokens_reserved = 0, 0
+
+    @property
+    def spent(self) -> float:
+        """USD spent under the cap: by every process that shares it, read from Redis."""
+        return _redis.spent(self.shared, str(self.name))[0] if self.shared else self.own
+
+    @property
+    def tokens_used(self) -> int:
+        """Tokens spent under the cap: by every process that shares it, read from Redis."""
+        return _redis.spent(self.shared, str(self.name))[1] if self.shared else self.own_tokens
 
     def _admit(self, model: str, usd: float | None, tokens: int) -> None:
         if self.usd is not None and usd is None:
             raise BudgetExceeded(f"no price is known for {model}, so a usd budget cannot bound "
                                  "its calls: cap them with budget(tokens=...) instead")
-        for cap, spent, held, need, unit in [(self.usd, self.spent, self.reserved, usd, "USD"), (
-                self.tokens, self.tokens_used, self.tokens_reserved, tokens, "tokens")]:
+        for cap, spent, held, need, unit in [(self.usd, self.own, self.reserved, usd, "USD"), (
+                self.tokens, self.own_tokens, self.tokens_reserved, tokens, "tokens")]:
             if cap is not None and spent + held + (need or 0) > cap:
-                raise BudgetExceeded(
-                    f"budget of {cap:g} {unit} would be crossed: spent {spent:g}, reserved "
-                    f"{held:g} for calls under way, and this call may need {need:g}")
+                raise _crossed(cap, unit, spent, held, need or 0)
 
     def __repr__(self) -> str:
-        return (f"Budget(usd={self.usd}, tokens={self.tokens}, spent=${self.spent:.6f}, "
-                f"tokens_used={self.tokens_used})")
+        shared = f", shared={_redis.safe(self.shared)!r}, name={self.name!r}" if self.shared else ""
+        return (f"Budget(usd={self.usd}, tokens={self.tokens}{shared}, spent=${self.own:.6f}, "
+                f"tokens_used={self.own_tokens})")
+
+
+def _crossed(cap: float, unit: str, spent: float, held: float, need: float) -> BudgetExceeded:
+    return BudgetExceeded(f"budget of {cap:g} {unit} would be crossed: spent {spent:g}, reserved "
+                          f"{held:g} for calls under way, and this call may need {need:g}")
 
 
 track = Tracker  # `with track() as t:` (or `async with`); `track(tag="x")` labels the log
@@ -207,12 +239,17 @@ def _reserve(req: Request, body: dict[str, Any]) -> Any:
     return budgets, usd or 0.0, tokens
 
 
-@contextlib.contextmanager
-def spending(req: Request, body: dict[str, Any]) -> Iterator[Call]:
-    """Reserve budget for one call, then settle and record it however it ends."""
+@contextlib.asynccontextmanager
+async def spending(req: Request, body: dict[str, Any]) -> AsyncIterator[Call]:
+    """Reserve budget for one call, then settle and record it however it ends (a call a
+    shared budget refuses is not recorded, as one refused here is not)."""
     call, error = Call(req, hold=_reserve(req, body)), None
     try:
-        yield call
+        async with contextlib.AsyncExitStack() as holds:
+            for cap in call.hold[0] if call.hold else ():
+                if cap.shared:
+                    await holds.enter_async_context(_shared(cap, call))
+            yield call
     except BaseException as caught:  # GeneratorExit: a stream's reader stopped early, no error
         error = None if isinstance(caught, GeneratorExit) else caught
         raise
@@ -220,19 +257,49 @@ def spending(req: Request, body: dict[str, Any]) -> Iterator[Call]:
         record(call, error)
 
 
+@contextlib.asynccontextmanager
+async def _shared(cap: Budget, call: Call) -> AsyncIterator[None]:
+    """Hold the call's worst case under a shared budget while it runs; then settle it."""
+    import asyncio
+
+    (_, usd, tokens), url, key = call.hold, str(cap.shared), f"ember:budget:{cap.name}"
+    keys, hold = [key, key + ":held"], f"{uuid.uuid4().hex} {usd!r} {tokens}"
+    caps = [cap.usd, cap.tokens]
+    told = [hold, *("" if each is None else each for each in caps), _redis.LEASE]
+    if refused := await _redis.run(url, _redis.RESERVE, keys, told):
+        kind = int(refused[0]) - 1
+        raise _crossed(caps[kind] or 0, ("USD", "tokens")[kind], float(refused[1]),
+                       float(refused[2]), (usd, tokens)[kind])
+    renewing = asyncio.ensure_future(_redis.renew(url, keys, hold))
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        await _redis.run(url, _redis.SETTLE, keys, [hold, *_used(call)])
+
+
+def _used(call: Call) -> tuple[float, int]:
+    """What a call under a budget spent: its cost and tokens (its reserved worst case when
+    its usage is unknown); nothing when it had no answer, or a cached one."""
+    r, (_, usd, tokens) = call.response, call.hold
+    if r is None or r.cached:
+        return 0.0, 0
+    u = r.usage
+    return (usd, tokens) if u is None else (r.cost or 0.0, u.input_tokens + u.output_tokens)
+
+
 def record(call: Call, error: BaseException | None = None) -> None:
     """Settle the call's reservation and add it to every tracker and the usage log."""
-    r = call.response
     with _lock:
         if call.hold is not None:
-            budgets, usd, tokens = call.hold
+            (budgets, usd, tokens), (spent, used) = call.hold, _used(call)
             for cap in budgets:
                 cap.reserved -= usd
                 cap.tokens_reserved -= tokens
-                if r is not None and not r.cached:  # usage unknown: the worst case reserved
-                    u = r.usage
-                    cap.spent += usd if u is None else r.cost or 0.0
-                    cap.tokens_used += tokens if u is None else u.input_tokens + u.output_tokens
+                cap.own += spent
+                cap.own_tokens += used
+        if isinstance(error, BudgetExceeded):  # refused by a shared budget: never sent
+            return
         active = _trackers.get()
         for tracker in (_process, *active):
             tracker._add(call, error)
