@@ -17,6 +17,7 @@ from ._parallel import parallel, vote
 from ._spend import track
 from ._sqlite import connect, home
 from .errors import EmberError
+from .providers import local
 
 __all__ = ["main"]
 
@@ -36,8 +37,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def _classify(job: tuple[str, str]) -> str:
     prompt, text = job
-    answer = models(DEMO_MODEL, prompt.format(text=text), raw=True, max_tokens=2, temperature=0,
-                    stop=["\n"])
+    answer = models(DEMO_MODEL, prompt.format(text=text), raw=True, max_tokens=1, temperature=0,
+                    stop=["\n"])  # one token: " Positive" and " Negative" are a token each
     word = (answer.text.strip().lower().split() or [""])[0]
     return "positive" if word.startswith("pos") else "negative" if word.startswith("neg") else "?"
 
@@ -53,7 +54,7 @@ def demo() -> int:
     start = time.perf_counter()
     with track(tag="demo") as t:
         jobs = [(prompt, item["text"]) for prompt in prompts for item in items]
-        labels = parallel(_classify, jobs, concurrency=2)  # the model runs one call at a time
+        labels = parallel(_classify, jobs, concurrency=local.WORKERS)  # one call per core
     single, voted = labels[:len(items)], [vote(labels[i::len(items)]) for i in range(len(items))]
     for item, one, many in zip(items, single, voted, strict=True):
         mark = "ok " if many == item["label"] else "MISS"
