@@ -1,13 +1,14 @@
 """The demo's main job (`ember demo`: 144 calls of the embedded model) against raw xllamacpp.
 
-    python benchmarks/demo_speed.py              # 3 rounds, about 3 minutes
+    python benchmarks/demo_speed.py              # 3 rounds, about 3-4 minutes
     python benchmarks/demo_speed.py --rounds 1   # about 1 minute
 
 In one process, interleaved round by round (each row in a rotated order):
  - raw: one single-slot xllamacpp Server on one thread (the settings ember used before),
    called directly one call at a time with the demo's old body (max_tokens=2, stop "\\n")
    on 48 reviews under one of the demo's prompts (a different prompt each round, so the
-   few-shot prefix is warm as in the demo); "144 x raw" is 144 times its median call;
+   few-shot prefix is warm as in the demo); "144 x raw" is 144 times its median call, the
+   baseline of the "/144xraw" column; also with max_tokens=1, the demo's body now;
  - ember before: the demo's job as ember ran it before (one worker thread, so one call at a
    time, max_tokens=2, parallel(..., concurrency=2));
  - ember now: the demo's job as `ember demo` runs it (`cli._classify`,
@@ -47,8 +48,8 @@ PROMPTS = [FILES.joinpath(name).read_text() for name in DEMO_PROMPTS]
 JOBS = [(prompt, item["text"]) for prompt in PROMPTS for item in ITEMS]
 
 
-def old_body(prompt: str, text: str) -> dict[str, Any]:
-    return {"prompt": prompt.format(text=text), "max_tokens": 2, "temperature": 0,
+def old_body(prompt: str, text: str, max_tokens: int = 2) -> dict[str, Any]:
+    return {"prompt": prompt.format(text=text), "max_tokens": max_tokens, "temperature": 0,
             "stop": ["\n"]}
 
 
@@ -67,8 +68,9 @@ def timed_generate(kind: str, body: dict[str, Any], on_chunk: Any = None) -> dic
     return result
 
 
-async def timed_post(call: Any, url: str, headers: dict[str, str], body: Any) -> Any:
-    data = await _post(call, url, headers, body)
+async def timed_post(call: Any, url: str, headers: dict[str, str], body: Any, *more: Any,
+                     **named: Any) -> Any:
+    data = await _post(call, url, headers, body, *more, **named)
     seen[body["prompt"]]["post_start"] = call.start  # set by post as it hands over the call
     return data
 
@@ -118,12 +120,12 @@ def raw_server() -> Any:
     return xllamacpp.Server(params)
 
 
-def run_raw(server: Any, round_: int) -> list[dict[str, float]]:
+def run_raw(server: Any, round_: int, max_tokens: int = 2) -> list[dict[str, float]]:
     prompt = PROMPTS[round_ % len(PROMPTS)]
     out = []
     for item in ITEMS:
         start = time.perf_counter()
-        result = server.handle_completions(old_body(prompt, item["text"]))
+        result = server.handle_completions(old_body(prompt, item["text"], max_tokens))
         total = time.perf_counter() - start
         out.append({"total": total, "prompt": result["timings"]["prompt_ms"] / 1000,
                     "generation": result["timings"]["predicted_ms"] / 1000})
@@ -149,7 +151,8 @@ def main() -> None:
     rounds = parser.parse_args().rounds
     now_pool = local._worker
     before_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ember-local-1")
-    names = ["raw xllamacpp (single slot, one at a time)", "ember before (1 worker, max_tokens=2)",
+    names = ["raw xllamacpp (single slot, one at a time)", "raw xllamacpp, max_tokens=1",
+             "ember before (1 worker, max_tokens=2)",
              f"ember now ({local.WORKERS} workers, max_tokens=1)"]
     rows: dict[str, dict[str, list[Any]]] = {n: {"walls": [], "calls": [], "scores": []}
                                              for n in names}
@@ -163,15 +166,16 @@ def main() -> None:
         row["scores"].append(scored)
 
     runs = {names[0]: lambda r: rows[names[0]]["calls"].extend(run_raw(server, r)),
-            names[1]: lambda r: ember_row(rows[names[1]], before_pool, classify_before, 2),
-            names[2]: lambda r: ember_row(rows[names[2]], now_pool, _classify, local.WORKERS)}
+            names[1]: lambda r: rows[names[1]]["calls"].extend(run_raw(server, r, 1)),
+            names[2]: lambda r: ember_row(rows[names[2]], before_pool, classify_before, 2),
+            names[3]: lambda r: ember_row(rows[names[3]], now_pool, _classify, local.WORKERS)}
     for pool, classify, n in [(before_pool, classify_before, 1), (now_pool, _classify,
                                                                    local.WORKERS)]:
         local._worker = pool  # load every model instance (about 0.4 s each) before timing
         parallel(classify, JOBS[:2 * n], concurrency=n, progress=False)
 
     for r in range(rounds):
-        for name in names[r % 3:] + names[:r % 3]:
+        for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
             runs[name](r)
             print(f"round {r + 1}: {name}: {time.perf_counter() - start:.1f}s", flush=True)
@@ -186,10 +190,13 @@ def main() -> None:
           + " ".join(f"{p:>6}" if len(p) < 7 else p for p in parts)
           + "  accuracy by one prompt, by the vote")
     for name, row in rows.items():
-        wall = statistics.median(row["walls"]) if row["walls"] else baseline
+        wall = statistics.median(row["walls"]) if row["walls"] else len(JOBS) * statistics.median(
+            c["total"] for c in row["calls"])
         medians = [f"{statistics.median(c[p] for c in row['calls']) * 1000:6.1f}"
                    if p in row["calls"][0] else f"{'-':>6}" for p in parts]
         scores = ", ".join(f"{one}/48 {voted}/48" for one, voted in row["scores"])
+        if row["walls"]:
+            scores += "   rounds: " + ", ".join(f"{w:.1f}s" for w in row["walls"])
         print(f"{name:44} {wall:7.2f} {wall / baseline:7.2f}x  {' ' * 20}"
               f"{' '.join(medians)}  {scores}")
         for one, voted in row["scores"]:
