@@ -31,10 +31,11 @@ MIGRATIONS = [("001_calls", "CREATE TABLE calls (time REAL, provider TEXT, model
 _rows: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
 _writer: list[threading.Thread] = []
 BATCH = 0.05  # seconds the writer lets rows gather before it writes them
-ROW = f"({', '.join('?' * 15)})"  # one row's values in an INSERT
-CHUNK = 50  # rows an INSERT (at most 999 values, SQLite's oldest limit): sqlite3 lets go of the
-# GIL at each statement, and so executemany, a statement a row, made the writer wait for a busy
-# event loop's GIL at every row (a batch of 500 rows took 1 s instead of 13 ms)
+COLUMNS = 15
+ROW = f"({', '.join('?' * COLUMNS)})"  # one row's values in an INSERT
+CHUNK = 500  # rows an INSERT at most (fewer where SQLite takes fewer values a statement). sqlite3
+# lets go of the GIL while a statement runs, then waits for it: executemany, a statement a row,
+# made the writer wait for a busy event loop at every row (benchmarks/log_writer.py)
 _start = threading.Lock()
 
 
@@ -65,7 +66,9 @@ def _write() -> None:
     """Wait for a row, let more gather for BATCH seconds, then write them all: one wake-up
     and one transaction per batch, one INSERT per CHUNK rows, on a connection kept open while
     the folder stays."""
-    from ._sqlite import connect, home  # sqlite3 on first use
+    import sqlite3  # on first use
+
+    from ._sqlite import connect, home
 
     warned, current, db = False, "", None
     while True:
@@ -85,8 +88,9 @@ def _write() -> None:
                         db.close()
                     current, db = folder, connect(home(folder) / LOG, MIGRATIONS)
                 db.execute("BEGIN")
-                for start in range(0, len(rows), CHUNK):  # see CHUNK
-                    chunk = rows[start:start + CHUNK]
+                per = min(CHUNK, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // COLUMNS)
+                for start in range(0, len(rows), per):  # see CHUNK
+                    chunk = rows[start:start + per]
                     db.execute(f"INSERT INTO calls VALUES {', '.join([ROW] * len(chunk))}",
                                [value for row in chunk for value in row])
                 db.execute("COMMIT")
