@@ -3,6 +3,7 @@
     python benchmarks/llama_configs.py                  # the default set, about 3 minutes
     python benchmarks/llama_configs.py --prompts 1      # one few-shot prompt: no prefix switches
     python benchmarks/llama_configs.py --configs S1x1w1t1m2,S1x4w4t1m1u --rounds 4 --per 24
+    python benchmarks/llama_configs.py --prompt-rate    # ms a token against the batch's size
 
 Each configuration is named S<instances>x<slots>w<workers>t<threads>m<max_tokens>[u]: that
 many xllamacpp Servers (each with `slots` parallel slots, n_parallel, and `threads` llama.cpp
@@ -13,6 +14,10 @@ All are loaded in one process and take turns round by round (order rotated), eac
 the next `per` of the demo's 144 jobs (prompt by prompt, as the demo orders them). Printed:
 wall time and process CPU time per call (all threads), and how many answers' first word
 equals the baseline's.
+
+--prompt-rate instead processes texts of 8 to 600 words from scratch (cache_prompt off) on
+one single-slot instance, one thread, twice each, and prints llama.cpp's own prompt time a
+token: whether a bigger batch of tokens is cheaper a token.
 """
 
 from __future__ import annotations
@@ -79,7 +84,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per", type=int, default=24, help="jobs a round")
     parser.add_argument("--prompts", type=int, default=3, help="use the first N prompts")
+    parser.add_argument("--prompt-rate", action="store_true")
     args = parser.parse_args()
+    if args.prompt_rate:
+        server, words = Config("S1x1w1t1m1").servers[0], " ".join(i["text"] for i in ITEMS).split()
+        for n in [8, 17, 34, 68, 146, 300, 600] * 2:
+            body = {"prompt": " ".join(words[:n]), "max_tokens": 1, "cache_prompt": False}
+            timings = server.handle_completions(body)["timings"]
+            print(f"{timings['prompt_n']:4} tokens: {timings['prompt_ms']:7.1f} ms, "
+                  f"{timings['prompt_per_token_ms']:4.1f} ms a token")
+        return
     jobs = [{"prompt": p.format(text=item["text"]), "temperature": 0, "stop": ["\n"]}
             for p in PROMPTS[:args.prompts] for item in ITEMS]
     names = args.configs.split(",")
