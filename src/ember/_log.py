@@ -89,8 +89,7 @@ def _write() -> None:
                     current, db = folder, connect(home(folder) / LOG, MIGRATIONS)
                 db.execute("BEGIN")
                 per = min(CHUNK, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // COLUMNS)
-                for start in range(0, len(rows), per):  # see CHUNK
-                    chunk = rows[start:start + per]
+                for chunk in (rows[start:start + per] for start in range(0, len(rows), per)):
                     db.execute(f"INSERT INTO calls VALUES {', '.join([ROW] * len(chunk))}",
                                [value for row in chunk for value in row])
                 db.execute("COMMIT")
