@@ -8,10 +8,12 @@ import re
 import subprocess
 import sys
 
+import pytest
 from fakes import OpenAIServer
 
 from ember import models
 from ember.errors import ProviderError
+from ember.providers import local
 
 FEW_SHOT = """Review: Terrible, it broke at once.
 Sentiment: negative
@@ -40,7 +42,7 @@ def test_the_embedded_model_chats_and_streams():
     assert stream.response is not None and stream.response.usage.output_tokens == 8
 
 
-async def test_embedded_calls_run_one_at_a_time_without_blocking_the_loop():
+async def test_embedded_calls_run_without_blocking_the_loop():
     ticks = 0
 
     async def heartbeat() -> None:
@@ -56,6 +58,27 @@ async def test_embedded_calls_run_one_at_a_time_without_blocking_the_loop():
     beat.cancel()
     assert all(r.usage.output_tokens > 0 for r in results)
     assert ticks >= 10  # the loop kept running while the model worked
+
+
+@pytest.mark.skipif(local.WORKERS < 2, reason="one core: one model instance")
+async def test_embedded_calls_run_at_once_each_on_its_own_instance():
+    order: list[str] = []
+    started = asyncio.Event()
+
+    async def long() -> None:
+        async for _ in models.stream("local/smollm2", "Write a long story about a cat.",
+                                     max_tokens=128, temperature=0):
+            order.append("long")
+            started.set()
+
+    async def short() -> None:
+        await started.wait()
+        await models.acall("local/smollm2", "Say hi.", max_tokens=2, temperature=0)
+        order.append("short")
+
+    await asyncio.gather(long(), short())
+    assert order[0] == "long" and order.count("long") > 64
+    assert order[-1] == "long"  # one at a time, the short call would have waited to the end
 
 
 def test_a_bad_parameter_is_the_models_own_error():
@@ -77,12 +100,12 @@ def test_ember_demo_classifies_the_shipped_set_and_reports_its_numbers():
     out = _ember("demo")
     assert out.returncode == 0, out.stderr
     score = re.search(r"accuracy (\d+)/(\d+)", out.stdout)
-    assert score is not None and int(score[2]) >= 40
-    assert int(score[1]) / int(score[2]) >= 0.7  # few-shot on a 135M model: demo-grade
+    assert score is not None and int(score[2]) == 48
+    assert int(score[1]) >= 46  # few-shot on a 135M model, one token an answer
     total = re.search(r"^total +(\d+) +(\d+) +(\d+) +0\.000000 ", out.stdout, re.M)
     assert total is not None and int(total[1]) == 4 * int(score[2])  # the cost table (track)
     voted = re.search(r"accuracy (\d+)/(\d+) = \d+% by a vote of 3", out.stdout)
-    assert voted is not None and int(voted[1]) / int(voted[2]) >= 0.7  # the ensemble
+    assert voted is not None and int(voted[1]) == 48  # the ensemble
     assert int(total[2]) > 0 and int(total[3]) > 0  # tokens in and out
     rows = re.findall(r"^(ok  |MISS) +\S+ +(ok  |MISS) +\S+ +(?:positive|negative) ", out.stdout,
                       re.M)  # one line per item, with both verdicts: one prompt's and the vote's

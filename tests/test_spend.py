@@ -24,7 +24,7 @@ from conftest import KEYS
 from fakes import AnthropicServer, Fault, GeminiServer, OpenAIServer
 
 from ember import Response, _log, _spend, budget, models, track, usage
-from ember._types import Call, Request
+from ember._types import Call, Request, Usage
 from ember.errors import BudgetExceeded, ConfigError, EmberError, ProviderError
 
 GPT = "openai/gpt-4o-mini"  # $0.15 in, $0.60 out per million tokens
@@ -308,6 +308,17 @@ def test_the_log_keeps_429s_pacing_waits_time_to_first_token_and_savings(
     assert 0 < first_token <= latency and [row[3] for row in rows[::2]] == [None, None]
     assert [row[5:] for row in rows] == [(0, 0.0), (0, 0.0), (1, pytest.approx(first.cost)),
                                          (0, 0.0)]  # a cache hit saved what the call had cost
+
+
+def test_a_batch_of_many_rows_is_written_whole_in_order_and_exact():
+    n = 3 * _log.CHUNK + 7  # one batch (written within BATCH seconds): several INSERTs
+    for i in range(n):
+        call = Call(Request("openai", "gpt-4o-mini", [], {}), retries=i)
+        call.response = Response("ok", "gpt-4o-mini", "openai", Usage(i, 2 * i),
+                                 0.1 + i / 3, 0.5, cached=i % 2 == 1)
+        _log.write(call, None, f"t{i}")
+    assert log_rows("retries, tag, input_tokens, output_tokens, cost, cached") == [
+        (i, f"t{i}", i, 2 * i, 0.1 + i / 3, i % 2) for i in range(n)]  # the very floats
 
 
 def test_ember_log_0_writes_no_row(openai_srv: OpenAIServer, monkeypatch: pytest.MonkeyPatch):

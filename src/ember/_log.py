@@ -14,7 +14,6 @@ is unknown.
 
 import atexit
 import contextlib
-import dataclasses
 import json
 import os
 import queue
@@ -44,6 +43,11 @@ _writer: list[threading.Thread] = []
 BATCH = 0.05  # seconds the writer lets rows gather before it writes them
 RETRY = 1.0  # seconds before rows that could not be written are tried again
 KEEP = 100_000  # unwritten rows kept at most (later ones are dropped): memory stays bounded
+COLUMNS = 19
+ROW = f"({', '.join('?' * COLUMNS)})"  # one row's values in an INSERT
+CHUNK = 500  # rows an INSERT at most (fewer where SQLite takes fewer values a statement). sqlite3
+# lets go of the GIL while a statement runs, then waits for it: executemany, a statement a row,
+# made the writer wait for a busy event loop at every row (benchmarks/log_writer.py)
 _start = threading.Lock()
 
 
@@ -56,8 +60,9 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
     if os.environ.get("EMBER_LOG_PROMPTS") == "1":
         system = [{"role": "system", "content": req.system}] if req.system else []
         prompt, answer = json.dumps(system + req.messages), r and r.text
-    usage = r.usage if r else Usage()  # a failed call is not billed
-    tokens = dataclasses.astuple(usage) if usage else (None,) * 4  # None: unknown
+    u = r.usage if r else Usage()  # a failed call is not billed; None: unknown
+    tokens = ((u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens)
+              if u else (None,) * 4)  # by name: astuple deep-copies each number (5 µs a row)
     numbers = (r.cost, r.latency, r.cached) if r else (0.0, None, False)
     saved = (cost(r.provider, r.model, r.usage) or 0.0) if r and r.cached and r.usage else 0.0
     _rows.put((os.environ.get("EMBER_HOME", ""), (time.time(), req.provider, req.model, tag,
@@ -72,7 +77,8 @@ def write(call: Call, error: BaseException | None, tag: str | None) -> None:
 
 def _write() -> None:
     """Wait for a row, let more gather for BATCH seconds, then write them all: one wake-up
-    and one transaction per batch, on a connection kept open while the folder stays."""
+    and one transaction per batch, one INSERT per CHUNK rows, on a connection kept open while
+    the folder stays."""
     warned, current, db = False, "", None
     unwritten: dict[str, list[tuple[Any, ...]]] = {}  # by folder
     while True:
@@ -87,14 +93,19 @@ def _write() -> None:
                 unwritten.setdefault(item[0], []).append(item[1])
         for folder, rows in list(unwritten.items()):
             try:  # whatever fails here, the thread lives on and the rows are kept
-                from ._sqlite import connect, home  # sqlite3 on first use
+                import sqlite3  # on first use
+
+                from ._sqlite import connect, home
 
                 if db is None or current != folder:
                     if db is not None:
                         db.close()
                     current, db = folder, connect(home(folder) / LOG, MIGRATIONS)
                 db.execute("BEGIN")
-                db.executemany(f"INSERT INTO calls VALUES ({', '.join('?' * 19)})", rows)
+                per = min(CHUNK, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // COLUMNS)
+                for chunk in (rows[start:start + per] for start in range(0, len(rows), per)):
+                    db.execute(f"INSERT INTO calls VALUES {', '.join([ROW] * len(chunk))}",
+                               [value for row in chunk for value in row])
                 db.execute("COMMIT")
                 del unwritten[folder]
             except Exception as problem:  # never fail a call for its log row

@@ -101,8 +101,9 @@ class _Run(Tracker):
 
     def step(self, result: Any) -> None:
         self.failed += isinstance(result, Exception)
-        self.bar.set_postfix(failed=self.failed, cost=f"${self.cost:.4f}", refresh=False)
-        self.bar.update()
+        if not self.bar.disable:  # a hidden bar's postfix would still cost 3 µs an item
+            self.bar.set_postfix(failed=self.failed, cost=f"${self.cost:.4f}", refresh=False)
+            self.bar.update()
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__()

@@ -39,8 +39,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def _classify(job: tuple[str, str]) -> str:
     prompt, text = job
-    answer = models(DEMO_MODEL, prompt.format(text=text), raw=True, max_tokens=2, temperature=0,
-                    stop=["\n"], cache=True)
+    answer = models(DEMO_MODEL, prompt.format(text=text), raw=True, max_tokens=1, temperature=0,
+                    stop=["\n"], cache=True)  # one token: " Positive" and " Negative" are one each
     word = (answer.text.strip().lower().split() or [""])[0]
     return "positive" if word.startswith("pos") else "negative" if word.startswith("neg") else "?"
 
@@ -64,8 +64,9 @@ def demo() -> int:
     start = time.perf_counter()
     with track(tag="demo") as t:
         jobs = [(prompt, item["text"]) for prompt in prompts for item in items]
-        labels = parallel(_classify, jobs, concurrency=2)  # the model runs one call at a time
-        typed = parallel(_label, [(json_prompt, item["text"]) for item in items], concurrency=2)
+        labels = parallel(_classify, jobs, concurrency=local.WORKERS)  # one call per core
+        typed = parallel(_label, [(json_prompt, item["text"]) for item in items],
+                         concurrency=local.WORKERS)
     single, voted = labels[:len(items)], [vote(labels[i::len(items)]) for i in range(len(items))]
     print(f"{'one prompt':14} {f'vote of {len(prompts)}':14} {'want':9} review")
     for item, one, many in zip(items, single, voted, strict=True):

