@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import _redis, _spend
-from ._types import Call, Request, Response
+from ._types import Call, Request, Response, number
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -269,9 +269,8 @@ def cache(ttl: float | None = None, store: Any = None) -> Callable[[Callable[...
     """Cache a sync or async function's results by its arguments, for `ttl` seconds (None:
     the store's own ttl, else until cleared). The default store is SQLite in the ember home
     folder; `store=` takes another, such as MemoryStore()."""
-    if not (ttl is None or (isinstance(ttl, (int, float)) and ttl > 0)):
-        raise ConfigError(f"cache(ttl=) takes a number of seconds or None, not {ttl!r} (write "
-                          "@cache() with its parentheses)")
+    ConfigError.check(ttl is None or (number(ttl, 0) and ttl > 0), "ttl", ttl,
+                      "a number of seconds or None (write @cache() with its parentheses)")
     chosen = store_for(True if store is None else store)
     ttl = ttl if ttl is not None else getattr(chosen, "ttl", None)
 

@@ -29,6 +29,7 @@ __all__ = ["Model", "Stream", "models"]
 # non-streaming call expected to pass 10 minutes), so a long answer is never cut short
 TIMEOUT = 600.0  # seconds without a byte from the server before an attempt is abandoned
 RETRIES = 3
+URL = re.compile(r"https?://[^/?#\s]")  # the start of a base URL ember can send to
 Prompt = str | list[dict[str, Any]]
 
 
@@ -49,7 +50,7 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
     systems += [m["content"] for m in messages if m["role"] == "system"]
     check(all(isinstance(text, str) for text in systems), "system", systems, "text")
     url = providers.base_url(provider, base_url) if isinstance(base_url, str | None) else ""
-    check(provider == "local" or re.match(r"https?://[^/?#\s]", url) is not None, "base_url",
+    check(provider == "local" or URL.match(url) is not None, "base_url",
           str(url or base_url).rpartition("@")[2], "an http(s) URL such as http://host:8000/v1")
     check(number(timeout, 0.001), "timeout", timeout, "seconds >= 0.001 (default 600)")
     check(deadline is None or number(deadline, 0.001), "deadline", deadline, "seconds or None")

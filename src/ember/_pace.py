@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING
 from . import _redis, providers
 from ._prices import FREE
 from ._spend import max_out
-from ._types import Call, Json, Request
+from ._types import Call, Json, Request, number
 from .errors import ConfigError, EmberError
 
 if TYPE_CHECKING:
@@ -137,12 +137,10 @@ def limit(target: str, rpm: float | None = None, tpm: float | None = None,
     Redis URL, makes it one limit for every process that names it (a ConfigError now if
     the server does not answer)."""
     numbers = {"rpm": rpm, "tpm": tpm, "concurrency": concurrency}
-    for name, value in numbers.items():
-        kind = int if name == "concurrency" else (int, float)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)
-                                  or not 0 < value < float("inf")):
-            raise ConfigError(f"limit({target!r}): {name}= takes a positive "
-                              f"{'whole ' * (kind is int)}number, or None; not {value!r}")
+    for name, value in numbers.items():  # positive, finite; concurrency a whole number
+        whole = name == "concurrency"
+        ConfigError.check(value is None or (number(value, 0, whole) and value > 0), name, value,
+                          f"a positive {'whole ' * whole}number, or None")
     key = target if target in providers.PROVIDERS else "/".join(providers.resolve(target))
     _configured.pop(key, None)
     if any(value is not None for value in numbers.values()):
@@ -155,11 +153,17 @@ def _limits(req: Request) -> list[Limit]:
     (a server on the user's own machine says nothing that counts)."""
     found = [_configured.get(req.provider), _configured.get(f"{req.provider}/{req.model}")]
     if req.provider not in FREE:
-        learned = _learned.setdefault((req.base_url, req.provider, req.model),
-                                      Limit(key=f"ember:learned:{req.provider}/{req.model}"))
+        learned = _learned_of(req)
         learned.shared = next((each.shared for each in found if each and each.shared), None)
         found.append(learned)
     return [each for each in found if each is not None]
+
+
+def _learned_of(req: Request) -> Limit:
+    """The limits learned from the answers of the model at this address (made once)."""
+    where = (req.base_url, req.provider, req.model)
+    return _learned.get(where) or _learned.setdefault(
+        where, Limit(key=f"ember:learned:{req.provider}/{req.model}"))
 
 
 def _tokens(limits: list[Limit], body: Json) -> int:
@@ -242,7 +246,7 @@ def _seconds(reset: str) -> float:
 def _reported(headers: Mapping[str, str], kind: str) -> tuple[float, float, float] | None:
     """(limit, remaining, seconds to reset) of `kind`, from OpenAI's or Anthropic's headers."""
     for names in HEADERS[kind]:
-        most, left, reset = (headers.get(name) for name in names)
+        most, left, reset = map(headers.get, names)
         if most and left and reset:
             with contextlib.suppress(ValueError):  # not a number
                 return float(most), float(left), _seconds(reset)
@@ -255,7 +259,7 @@ async def learn(req: Request, status: int, headers: Mapping[str, str],
     asks for is told to Redis at once when the model's limits are shared."""
     if req.provider in FREE:
         return
-    learned = _learned.setdefault((req.base_url, req.provider, req.model), Limit())
+    learned = _learned_of(req)
     with _lock:
         now, before = time.monotonic(), learned.until
         for kind in HEADERS:

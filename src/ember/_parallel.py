@@ -51,17 +51,21 @@ async def _each(fn: Callable[[Any], Awaitable[Any]], items: list[Any], concurren
             done(results[index])
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency or len(items), len(items)))))
+    return _outcome(results, errors)
+
+
+def _check(concurrency: int | None, errors: str) -> None:
+    ConfigError.check(errors in ("raise", "return"), "errors", errors, "'raise' or 'return'")
+    ConfigError.check(concurrency is None or number(concurrency, 1, whole=True), "concurrency",
+                      concurrency, "a whole number >= 1, or None")
+
+
+def _outcome(results: list[Any], errors: str) -> list[Any]:
+    """The results; with errors="raise", a PartialFailure when some are exceptions."""
     failures = {index: out for index, out in enumerate(results) if isinstance(out, Exception)}
     if failures and errors == "raise":
         raise PartialFailure(results, failures)
     return results
-
-
-def _check(concurrency: int | None, errors: str) -> None:
-    counted = concurrency is None or number(concurrency, 1, whole=True)
-    if errors not in ("raise", "return") or not counted:
-        raise ConfigError(f"errors= takes 'raise' or 'return', and concurrency= a whole number of "
-                          f"at least 1: not errors={errors!r}, concurrency={concurrency!r}")
 
 
 async def gather(*awaitables: Awaitable[Any], concurrency: int | None = None,
@@ -157,10 +161,7 @@ async def abatch(fn: Callable[[list[Any]], Any], items: Iterable[Any], size: int
     for chunk, out in zip(chunks, outs, strict=True):
         out = _checked(fn, len(chunk), out)  # a failed batch fails each of its items
         results += out if isinstance(out, (list, tuple)) else [out] * len(chunk)
-    failures = {index: out for index, out in enumerate(results) if isinstance(out, Exception)}
-    if failures and errors == "raise":
-        raise PartialFailure(results, failures)
-    return results
+    return _outcome(results, errors)
 
 
 def batch(fn: Callable[..., Any] | None = None, items: Iterable[Any] | None = None,

@@ -31,19 +31,16 @@ def retry(max_attempts: int = 3, on: type[BaseException] | tuple[type[BaseExcept
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn)
 
-        def fits(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-            """False for a call that does not fit the signature: it is then made once,
-            unretried, so that Python raises its own TypeError, naming the function."""
+        def again(error: BaseException, attempt: int, args: Any, kwargs: Any) -> float:
+            """Seconds to wait before the next attempt; raises `error` when there is none:
+            its type is not retried, the attempts are spent, or the call does not fit the
+            signature (Python's own TypeError, naming the function, at once)."""
+            from ._http import retry_delay
+
             try:
                 signature.bind(*args, **kwargs)
             except TypeError:
-                return False
-            return True
-
-        def again(error: BaseException, attempt: int) -> float:
-            """Seconds to wait before the next attempt; raises `error` when there is none."""
-            from ._http import retry_delay
-
+                raise error from None
             if not isinstance(error, on) or isinstance(error, NEVER) or \
                     attempt == max_attempts - 1:
                 raise error
@@ -54,13 +51,11 @@ def retry(max_attempts: int = 3, on: type[BaseException] | tuple[type[BaseExcept
             async def retried_async(*args: Any, **kwargs: Any) -> Any:
                 import asyncio
 
-                if not fits(args, kwargs):
-                    return await fn(*args, **kwargs)
                 for attempt in range(max_attempts):
                     try:
                         return await fn(*args, **kwargs)
                     except BaseException as error:
-                        wait = again(error, attempt)
+                        wait = again(error, attempt, args, kwargs)
                     await asyncio.sleep(wait)
             return retried_async  # type: ignore[return-value]
 
@@ -68,13 +63,11 @@ def retry(max_attempts: int = 3, on: type[BaseException] | tuple[type[BaseExcept
         def retried(*args: Any, **kwargs: Any) -> Any:
             import time
 
-            if not fits(args, kwargs):
-                return fn(*args, **kwargs)
             for attempt in range(max_attempts):
                 try:
                     return fn(*args, **kwargs)
                 except BaseException as error:
-                    wait = again(error, attempt)
+                    wait = again(error, attempt, args, kwargs)
                 time.sleep(wait)
         return retried  # type: ignore[return-value]
 

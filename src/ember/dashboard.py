@@ -70,10 +70,10 @@ def main(since: str, tag: str | None, model: str | None, port: int, html: str | 
          browser: bool) -> int:
     """Write the page to the file `html`, or serve it."""
     found = report(since, tag, model)  # a bad window or model fails here, not in the page
-    if html is not None:
-        with open(os.open(html, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-            out.write(page(found))
-        print(f"ember dashboard: wrote {html}")
+    if html is None:
+        serve(since, tag, model, port, browser)
         return 0
-    serve(since, tag, model, port, browser)
+    with open(os.open(html, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(page(found))
+    print(f"ember dashboard: wrote {html}")
     return 0
