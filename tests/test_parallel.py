@@ -232,9 +232,9 @@ async def test_a_bad_errors_value_is_a_config_error_async():
 @pytest.mark.parametrize("concurrency", [0, -2])
 async def test_a_concurrency_below_one_is_refused_not_silently_skipped(concurrency: int):
     calls: list[Any] = []
-    with pytest.raises(ConfigError, match=f"concurrency={concurrency}"):
+    with pytest.raises(ConfigError, match=f"concurrency= takes .*, not {concurrency}$"):
         await aparallel(calls.append, [1, 2, 3], concurrency=concurrency)
-    with pytest.raises(ConfigError, match="at least 1"):
+    with pytest.raises(ConfigError, match=">= 1"):
         parallel(calls.append, [1, 2, 3], concurrency=concurrency)
     pending = [asyncio.sleep(0, n) for n in range(2)]
     with pytest.raises(ConfigError, match="concurrency"):
