@@ -23,6 +23,7 @@ import aiohttp
 from bench import KEY, MODEL, PROMPT, FakeServer, messages, seq_round, seq_round_sync
 
 from ember import _call, _http, _log, models, providers
+from ember._types import Call
 
 
 def main() -> None:
@@ -55,19 +56,19 @@ def main() -> None:
             return data["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
 
         async def transport() -> str:  # ember's _http.post: its session, retry loop, _read_json
-            data = await _http.post(req, url, headers, {"model": MODEL, "messages": messages()})
+            data = await _http.post(Call(req), url, headers, {"model": MODEL, "messages": messages()})
             return data["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
 
         async def encoded() -> str:  # + providers.module() and encode()
             provider = providers.module(req.provider)
             u, h, body = provider.encode(req)
-            data = await _http.post(req, u, h, body)
+            data = await _http.post(Call(req), u, h, body)
             return data["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
 
         async def decoded() -> str:  # + decode() (text and Usage)
             provider = providers.module(req.provider)
             u, h, body = provider.encode(req)
-            text, *_ = provider.decode(await _http.post(req, u, h, body))
+            text, *_ = provider.decode(await _http.post(Call(req), u, h, body))
             return text
 
         async def send() -> str:  # + Response and its timing: _call.send on a ready Request
