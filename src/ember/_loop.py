@@ -12,12 +12,12 @@ import atexit
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from concurrent.futures import Future
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import asyncio
+    from concurrent.futures import Future
 
 __all__ = ["Scope", "iterate", "run", "scope"]
 
@@ -47,7 +47,7 @@ def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
         asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
 
 
-class Scope(set[Future[Any]]):
+class Scope(set["Future[Any]"]):
     """The sync calls under way for one run of work: cancelled together when it is; a call
     started after that is cancelled at once, before it sends anything."""
 

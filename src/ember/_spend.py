@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import uuid
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
@@ -261,6 +260,7 @@ async def spending(req: Request, body: dict[str, Any]) -> AsyncIterator[Call]:
 async def _shared(cap: Budget, call: Call) -> AsyncIterator[None]:
     """Hold the call's worst case under a shared budget while it runs; then settle it."""
     import asyncio
+    import uuid
 
     (_, usd, tokens), url, key = call.hold, str(cap.shared), f"ember:budget:{cap.name}"
     keys, hold = [key, key + ":held"], f"{uuid.uuid4().hex} {usd!r} {tokens}"
