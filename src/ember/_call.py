@@ -2,8 +2,8 @@
 
 A request flows one way: request() checks it; send() reserves budget, sends it through
 the provider module and the transport, decodes the answer (and validates it, given a
-schema=) and records what it cost. An
-answer the model refused or the provider blocked raises Refused (it is billed all the same).
+schema=) and records what it cost. An answer the model refused or the provider blocked
+raises Refused (it is billed all the same).
 models.embed takes the same steps, with the texts as the Request's user messages and the
 provider's encode_embed/decode_embed (openai and google have them).
 A setting ember cannot use is a ConfigError naming it, before anything is sent.
@@ -88,7 +88,6 @@ async def _send(req: Request) -> Response:
     """Reserve budget, wait for a turn, send through the provider, settle and record."""
     provider = providers.module(req.provider)
     url, headers, body = provider.encode(req)
-    cost(req.provider, req.model, Usage())  # the price data is loaded before sending, not after
     async with _spend.spending(req, body) as call:
         async with _pace.turn(call, body):  # ends once the usage is known, for its tpm
             data, (text, usage, end) = await provider.post(  # decoded by the transport: an
@@ -129,7 +128,6 @@ class Stream:
         usage: Usage | None = None
         end: Finish | None = None
         last, done = {}, False
-        cost(req.provider, req.model, Usage())  # the price data is loaded before sending
         async with _spend.spending(req, body) as call:
             async with _pace.turn(call, body):
                 try:
@@ -229,7 +227,6 @@ class Models:
             raise ConfigError("models.embed takes openai, ollama or google models, and no cache=")
         req = request(model, [{"role": "user", "content": text} for text in texts], **params)
         url, headers, body = provider.encode_embed(req)
-        cost(req.provider, req.model, Usage())  # the price data is loaded before sending
         async with (_spend.spending(req, {**body, "max_tokens": 0}) as call,  # writes none
                     _pace.turn(call, body)):  # ends once the usage is known, for its tpm
             data, (vectors, usage) = await provider.post(  # an odd shape is retried

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _pace
+from ._redis import safe
 from ._types import Call, Json, Request
 from .errors import ProviderError, ProviderTimeout, RateLimited
 
@@ -107,8 +108,7 @@ def _timeout(call: Call, connecting: bool = False) -> ProviderTimeout:
     if req.deadline and spent >= req.deadline:
         what = f"no whole answer within deadline={req.deadline:g}s"
     elif connecting:
-        where = re.sub(r"//[^/@]*@", "//", req.base_url)  # without credentials in the URL
-        what = f"could not connect to {where} within {min(CONNECT, req.timeout):g}s"
+        what = f"could not connect to {safe(req.base_url)} within {min(CONNECT, req.timeout):g}s"
     else:
         what = f"no answer within timeout={req.timeout:g}s of silence"
     return ProviderTimeout(req.provider, None, f"{what} ({call.retries + 1} attempt(s), "
@@ -136,20 +136,31 @@ def _pool_size() -> int:
     return min(1000, soft // 4) if soft > 0 else 1000  # -1: unlimited
 
 
-async def _session() -> aiohttp.ClientSession:
+async def per_loop(table: dict[Any, tuple[Any, Any]], make: Callable[[], Any],
+                   close: str = "close") -> Any:
+    """The client in `table` of the running event loop: made by `make` once per loop, and
+    closed (its `close` method) when that loop shuts down; those of closed loops are dropped."""
     loop = asyncio.get_running_loop()
-    if loop not in _sessions:
+    if loop not in table:
+        for old in [old for old in list(table) if old.is_closed()]:
+            table.pop(old, None)  # another thread's loop may be dropping it too
+        client = make()
+        closer = _close_with_loop(getattr(client, close))
+        await closer.__anext__()
+        table[loop] = (client, closer)
+    return table[loop][0]
+
+
+async def _session() -> aiohttp.ClientSession:
+    def open_session() -> aiohttp.ClientSession:  # aiohttp imported on first use
         import aiohttp
 
-        for old in [old for old in _sessions if old.is_closed()]:
-            del _sessions[old]
         size = _pool_size()
-        connector = aiohttp.TCPConnector(limit=2 * size, limit_per_host=size)
-        session = aiohttp.ClientSession(connector=connector)
-        closer = _close_with_loop(session.close)
-        await closer.__anext__()
-        _sessions[loop] = (session, closer)
-    return _sessions[loop][0]
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2 * size, limit_per_host=size))
+
+    session: aiohttp.ClientSession = await per_loop(_sessions, open_session)
+    return session
 
 
 async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, Any],

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ConfigError, EmberError
@@ -41,7 +41,7 @@ __all__ = ["LEASE", "PACE", "RESERVE", "SCHEMES", "SETTLE", "RedisStore", "check
 TIMEOUT = 2.0  # seconds any Redis operation may take, connecting included
 LEASE = 60.0  # seconds a hold outlives a process that died holding it
 SCHEMES = ("redis://", "rediss://", "unix://")  # the URLs redis-py reads
-_clients: dict[tuple[str, Any], tuple[redis.asyncio.Redis, AsyncIterator[None]]] = {}
+_clients: dict[str, dict[Any, tuple[Any, Any]]] = {}  # by URL, then by event loop
 
 NOW = "local t = redis.call('TIME') local now = t[1] + t[2] / 1e6\n"
 # KEYS: a hash per shared limit of the call, holding the time the next turn of each kind is
@@ -84,7 +84,8 @@ RENEW = NOW + "redis.call('ZADD', KEYS[2], 'XX', now + ARGV[2], ARGV[1])"  # ARG
 
 
 def safe(url: str) -> str:
-    """The URL without its credentials: redis://:secret@host:6379 → redis://host:6379."""
+    """A URL without its credentials: redis://:secret@host:6379 → redis://host:6379 (any
+    scheme: the transport's messages use it too)."""
     return re.sub(r"//[^/@]*@", "//", url)
 
 
@@ -122,25 +123,18 @@ def check(url: object, name: str) -> str:
 
 async def run(url: str, script: str, keys: list[str], args: list[Any]) -> Any:
     """Run a Lua script on the server at `url`, with this event loop's client."""
-    import asyncio
-
     import redis.asyncio
 
-    loop = asyncio.get_running_loop()
-    if (url, loop) not in _clients:
-        from ._http import _close_with_loop
+    from ._http import per_loop
 
-        for old in [old for old in list(_clients) if old[1].is_closed()]:
-            _clients.pop(old, None)  # another thread's loop may be dropping it too
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
+    def connect() -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_pool(redis.asyncio.BlockingConnectionPool.from_url(
             url, max_connections=50, timeout=TIMEOUT, socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT)
-        shared = redis.asyncio.Redis.from_pool(pool)
-        closer = _close_with_loop(shared.aclose)  # closes it when the loop shuts down
-        await closer.__anext__()
-        _clients[url, loop] = (shared, closer)
+            socket_connect_timeout=TIMEOUT))
+
+    client = await per_loop(_clients.setdefault(url, {}), connect, "aclose")
     with _failing(url):
-        return await _clients[url, loop][0].eval(script, len(keys), *keys, *args)
+        return await client.eval(script, len(keys), *keys, *args)
 
 
 async def renew(url: str, keys: list[str], hold: str) -> None:

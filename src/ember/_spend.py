@@ -241,7 +241,9 @@ def _reserve(req: Request, body: dict[str, Any]) -> Any:
 @contextlib.asynccontextmanager
 async def spending(req: Request, body: dict[str, Any]) -> AsyncIterator[Call]:
     """Reserve budget for one call, then settle and record it however it ends (a call a
-    shared budget refuses is not recorded, as one refused here is not)."""
+    shared budget refuses is not recorded, as one refused here is not). The model's price is
+    looked up first: nothing after the answer arrives imports or opens a file."""
+    cost(req.provider, req.model, Usage())
     call, error = Call(req, hold=_reserve(req, body)), None
     try:
         async with contextlib.AsyncExitStack() as holds:
