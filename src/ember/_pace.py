@@ -71,6 +71,7 @@ PARTS = ("limit", "remaining", "reset")
 HEADERS = {kind: [[f"x-ratelimit-{part}-{kind}" for part in PARTS],  # OpenAI's names
                   [f"anthropic-ratelimit-{kind}-{part}" for part in PARTS]]  # Anthropic's
            for kind in ("requests", "tokens")}
+FIRST = [names[0] for kind in HEADERS.values() for names in kind]  # sent by each, if any
 _lock = threading.Lock()  # guards every limit: they are shared by threads and event loops
 _configured: dict[str, Limit] = {}
 _learned: dict[tuple[str, str, str], Limit] = {}
@@ -152,10 +153,11 @@ def _limits(req: Request) -> list[Limit]:
     """The limits of a call: its provider's and its model's, and what its provider said
     (a server on the user's own machine says nothing that counts)."""
     found = [_configured.get(req.provider), _configured.get(f"{req.provider}/{req.model}")]
-    if req.provider not in FREE:
+    if req.provider not in FREE:  # a model that has said nothing yet paces nothing
         learned = _learned_of(req)
         learned.shared = next((each.shared for each in found if each and each.shared), None)
-        found.append(learned)
+        if any(found) or learned.until or any(learned.per_minute.values()):
+            found.append(learned)
     return [each for each in found if each is not None]
 
 
@@ -179,7 +181,8 @@ async def wait(call: Call, body: Json) -> None:
     a retry is a request the provider counts."""
     import asyncio
 
-    limits = _limits(call.request)
+    if not (limits := _limits(call.request)):
+        return
     charges = {"requests": 1, "tokens": _tokens(limits, body)}
     while True:
         with _lock:  # a shared limit's turns are taken in Redis
@@ -213,11 +216,17 @@ async def _shared_turn(limits: list[Limit], charges: dict[str, int], ahead: floa
     return float(await _redis.run(str(shared[0].shared), _redis.PACE, keys, told))
 
 
-@contextlib.asynccontextmanager
-async def turn(call: Call, body: Json) -> AsyncIterator[None]:
+def turn(call: Call, body: Json) -> contextlib.AbstractAsyncContextManager[None]:
     """Hold a place under every `concurrency` on the call while it runs; when it ends, give
     back the tokens it was charged (by `wait`) but did not use."""
-    limits, held, asked = _limits(call.request), list[Places](), time.monotonic()
+    limits = _limits(call.request)
+    return _turn(call, body, limits) if limits else contextlib.nullcontext()
+
+
+@contextlib.asynccontextmanager
+async def _turn(call: Call, body: Json, limits: list[Limit]) -> AsyncIterator[None]:
+    asked = time.monotonic()
+    held: list[Places] = []
     try:
         for places in [each.places for each in limits if each.places]:
             await places.acquire()
@@ -257,8 +266,8 @@ async def learn(req: Request, status: int, headers: Mapping[str, str],
                 retry_after: float | None) -> None:
     """Learn the model's pace from one answer's rate-limit headers and status; a pause it
     asks for is told to Redis at once when the model's limits are shared."""
-    if req.provider in FREE:
-        return
+    if req.provider in FREE or (status != 429 and not any(map(headers.__contains__, FIRST))):
+        return  # nothing said of its limits
     learned = _learned_of(req)
     with _lock:
         now, before = time.monotonic(), learned.until

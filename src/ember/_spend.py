@@ -303,8 +303,10 @@ def record(call: Call, error: BaseException | None = None) -> None:
         if isinstance(error, BudgetExceeded):  # refused by a shared budget: never sent
             return
         active = _trackers.get()
+        key = f"{call.request.provider}/{call.request.model}"
         for tracker in (_process, *active):
             tracker._add(call, error)
-            key = f"{call.request.provider}/{call.request.model}"
-            tracker.by_model.setdefault(key, Tracker())._add(call, error)
+            if key not in tracker.by_model:
+                tracker.by_model[key] = Tracker()
+            tracker.by_model[key]._add(call, error)
     _log.write(call, error, active_tag())

@@ -1,7 +1,6 @@
 """The `ember` command, one subcommand each: `ember ask "prompt" -m MODEL` (or just
 `ember "prompt"`), `ember demo`, `ember usage`, `ember models`, `ember dashboard`,
-`ember cache stats|clear`. A subcommand is one small function that adds its parser and
-names what it runs."""
+`ember cache stats|clear`. Each runs one small function; _add_commands adds their parsers."""
 
 import argparse
 import datetime
@@ -142,39 +141,6 @@ def _command(commands: Any, name: str, about: str, run: Callable[[Any], int]) ->
     return parser
 
 
-def _add_ask(commands: Any) -> None:
-    parser = _command(commands, "ask", 'stream an answer (the default: ember "prompt")',
-                      lambda o: ask(o.prompt, o.model))
-    parser.add_argument("prompt")
-    parser.add_argument("-m", "--model", default=DEMO_MODEL, help=f"default {DEMO_MODEL}")
-
-
-def _add_demo(commands: Any) -> None:
-    _command(commands, "demo", "the main job, on the embedded model", lambda o: demo())
-
-
-def _add_usage(commands: Any) -> None:
-    parser = _command(commands, "usage", "the usage log by model, tag and time",
-                      lambda o: usage(o.since, o.tag, o.model, o.json))
-    _window(parser, "36500d")
-    parser.add_argument("--json", action="store_true", help="as JSON")
-
-
-def _add_models(commands: Any) -> None:
-    parser = _command(commands, "models", "the known models, USD per million tokens",
-                      lambda o: known(o.provider))
-    parser.add_argument("--provider", choices=[*PRICED, "local"], help="only this provider's")
-
-
-def _add_dashboard(commands: Any) -> None:
-    parser = _command(commands, "dashboard", "the usage log as a live page on 127.0.0.1",
-                      lambda o: dashboard.main(o.since, o.tag, o.model, o.port, o.html, o.open))
-    _window(parser, "7d")
-    parser.add_argument("--port", type=int, default=dashboard.PORT, help="0: any free port")
-    parser.add_argument("--html", metavar="FILE", help="write the page, data included, to FILE")
-    parser.add_argument("--no-browser", dest="open", action="store_false", help="print the URL")
-
-
 def cache(action: str, older_than: str | None) -> int:
     """The default cache store: its size, or clear it (only entries older than an age)."""
     from ._cache import SQLiteStore
@@ -188,7 +154,26 @@ def cache(action: str, older_than: str | None) -> int:
     return 0
 
 
-def _add_cache(commands: Any) -> None:
+def _add_commands(commands: Any) -> None:
+    """Each subcommand's parser, and what it runs."""
+    parser = _command(commands, "ask", 'stream an answer (the default: ember "prompt")',
+                      lambda o: ask(o.prompt, o.model))
+    parser.add_argument("prompt")
+    parser.add_argument("-m", "--model", default=DEMO_MODEL, help=f"default {DEMO_MODEL}")
+    _command(commands, "demo", "the main job, on the embedded model", lambda o: demo())
+    parser = _command(commands, "usage", "the usage log by model, tag and time",
+                      lambda o: usage(o.since, o.tag, o.model, o.json))
+    _window(parser, "36500d")
+    parser.add_argument("--json", action="store_true", help="as JSON")
+    parser = _command(commands, "models", "the known models, USD per million tokens",
+                      lambda o: known(o.provider))
+    parser.add_argument("--provider", choices=[*PRICED, "local"], help="only this provider's")
+    parser = _command(commands, "dashboard", "the usage log as a live page on 127.0.0.1",
+                      lambda o: dashboard.main(o.since, o.tag, o.model, o.port, o.html, o.open))
+    _window(parser, "7d")
+    parser.add_argument("--port", type=int, default=dashboard.PORT, help="0: any free port")
+    parser.add_argument("--html", metavar="FILE", help="write the page, data included, to FILE")
+    parser.add_argument("--no-browser", dest="open", action="store_false", help="print the URL")
     parser = _command(commands, "cache", "the default cache store: its size, or clear it",
                       lambda o: cache(o.action, o.older_than))
     parser.add_argument("action", choices=["stats", "clear"])
@@ -196,15 +181,11 @@ def _add_cache(commands: Any) -> None:
                         "AGE ago (7d, 12h), and the expired ones")
 
 
-COMMANDS = [_add_ask, _add_demo, _add_usage, _add_models, _add_dashboard, _add_cache]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ember", description="Call language models and know "
                                      'what they cost. `ember "prompt"` is `ember ask "prompt"`.')
     commands = parser.add_subparsers(title="commands", required=True)
-    for add in COMMANDS:
-        add(commands)
+    _add_commands(commands)
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] not in (*commands.choices, "-h", "--help"):
         args = ["ask", *args]  # ember "prompt" -m MODEL
