@@ -184,6 +184,56 @@ async def test_a_pause_one_process_learned_holds_the_calls_of_another(
     assert (await refused).text
 
 
+@pytest.fixture
+def slow_srv(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """The OpenAI fake, answering after 50 ms and counting the requests in flight at once."""
+    yield from serve(Server(latency=0.05), monkeypatch, "OPENAI_BASE_URL", "OPENAI_API_KEY")
+
+
+def test_four_processes_sharing_one_concurrency_never_have_more_calls_in_flight(
+        slow_srv: Server, redis_url: str):
+    run_all([start(PACED.replace("rpm=600", "concurrency=3"), redis_url) for _ in range(4)])
+    assert len(slow_srv.requests) == 32 and slow_srv.most == 3  # 3 at once, for them all
+    assert redis.Redis.from_url(redis_url).zcard("ember:limit:openai:places:held") == 0
+
+
+async def test_a_call_cancelled_while_waiting_for_a_shared_place_takes_none(
+        slow_srv: Server, redis_url: str):
+    limit("openai", concurrency=1, shared=redis_url)
+    slow_srv.latency = 0.3
+    first = asyncio.create_task(models.acall(GPT, "first"))
+    await asyncio.to_thread(slow_srv.wait_for, 1)
+    second = asyncio.create_task(models.acall(GPT, "second"))
+    await asyncio.sleep(0.1)  # it asks Redis for the place, and again
+    second.cancel()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert redis.Redis.from_url(redis_url).zcard("ember:limit:openai:places:held") == 0
+    await asyncio.wait_for(models.acall(GPT, "third"), 2)
+    assert [r.json["messages"][0]["content"] for r in slow_srv.requests] == ["first", "third"]
+
+
+def test_a_place_held_by_a_killed_process_is_free_once_its_lease_ends(
+        slow_srv: Server, redis_url: str):
+    slow_srv.latency = 60  # the worker's call hangs at the server
+    lease = 1.5
+    holder = start(PACED.replace("rpm=600", "concurrency=1").replace(
+        "from ember import", f"import ember._redis\nember._redis.LEASE = {lease}\nfrom ember import"),
+        redis_url)
+    assert holder.stdin is not None
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    assert slow_srv.wait_for(1)  # one call holds the place; the others wait for it
+    holder.kill()  # SIGKILL: the place is never given back
+    killed = time.monotonic()
+    holder.communicate(timeout=10)
+    slow_srv.latency = 0
+    limit("openai", concurrency=1, shared=redis_url)
+    models(GPT, "Hi")  # waits for the dead process's lease to end
+    assert lease / 2 < time.monotonic() - killed < lease + 1.0
+
+
 # ---- one cache for every process -------------------------------------------------------------
 
 CACHED = """import sys
@@ -246,7 +296,7 @@ def test_a_bad_url_or_a_shared_budget_without_a_name_is_refused():
 def test_redis_lost_mid_run_fails_limits_and_budgets_closed_and_leaves_the_cache_out(
         openai_srv: OpenAIServer, own_redis: RedisServer):
     url, secret = own_redis.url, str(own_redis.password)
-    limit("openai", rpm=60_000, shared=url)
+    limit("openai", rpm=60_000, concurrency=4, shared=url)
     shared = budget(usd=1.0, shared=url, name="nightly")
 
     def under_budget(prompt: str) -> Any:

@@ -26,7 +26,8 @@ With `shared=` a Redis URL, a limit is one for every process and machine that na
 its turns are taken in Redis (one round trip, see _redis.PACE), after the call's turn under
 the limits of its own process, and the limits learned from a provider's answers for a call
 under a shared limit are kept there too (a pause is told to Redis as soon as it is learned).
-`concurrency` stays a count per process. While Redis is lost, a call under a shared limit
+A shared `concurrency` is one count for them all too (see SharedPlaces: a round trip to
+take a place, one to give it back). While Redis is lost, a call under a shared limit
 fails closed: it raises an EmberError naming the server, unsent (pacing each process alone
 would let N processes go N times the rate: the 429 storm that sharing is for). A pause
 learned by another process reaches a call that has already taken its turn only through the
@@ -49,11 +50,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import random
 import re
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _redis, providers
 from ._prices import FREE
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = ["learn", "limit", "turn", "wait"]
 
+POLL = 0.05  # seconds at most between asks for a place under a shared concurrency
 MAX_PAUSE = 60.0  # seconds: the longest pause a provider may ask of every call (as _http's)
 PARTS = ("limit", "remaining", "reset")
 HEADERS = {kind: [[f"x-ratelimit-{part}-{kind}" for part in PARTS],  # OpenAI's names
@@ -82,10 +85,10 @@ class Places:
     caller waits in line on a thread-safe Future, which its own loop awaits."""
 
     def __init__(self, size: int) -> None:
-        self.free = size
+        self.free = self.size = size
         self.line: list[Future[None]] = []  # first come, first served
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> Any:
         import asyncio  # on first use, as concurrent.futures: `import ember` stays light
         from concurrent.futures import Future
 
@@ -99,10 +102,10 @@ class Places:
             await asyncio.wrap_future(waiter)
         except asyncio.CancelledError:
             if not waiter.cancel():  # too late: the place was handed to it, so pass it on
-                self.release()
+                await Places.release(self)
             raise
 
-    def release(self) -> None:
+    async def release(self, place: Any = None) -> None:
         with _lock:
             while self.line:
                 waiter = self.line.pop(0)
@@ -110,6 +113,41 @@ class Places:
                     waiter.set_result(None)
                     return
             self.free += 1
+
+
+class SharedPlaces(Places):
+    """`size` places for every process that names the limit, held in Redis as a shared
+    budget's holds are (leased, renewed, see _redis.RESERVE): a place is a hold of one under
+    a cap of `size`. A call first takes one of its own process's `size` places (so no more
+    than `size` of them ask Redis), then asks Redis again, POLL seconds apart at most, until
+    a place is free: across processes, the line is not first come, first served."""
+
+    def __init__(self, size: int, url: str, key: str) -> None:
+        super().__init__(size)
+        self.url, self.keys = url, [f"{key}:places", f"{key}:places:held"]
+
+    async def acquire(self) -> Any:
+        import asyncio
+        import uuid
+
+        await super().acquire()
+        hold = f"{uuid.uuid4().hex} 0 1"  # its id, no dollars, one place
+        place = hold, asyncio.ensure_future(_redis.renew(self.url, self.keys, hold))
+        try:
+            while await _redis.run(self.url, _redis.RESERVE, self.keys,
+                                   [hold, "", self.size, _redis.LEASE]):  # refused: all taken
+                await asyncio.sleep(random.uniform(0, POLL))
+        except BaseException:  # Redis lost, or cancelled (perhaps once the place was taken)
+            await self.release(place)
+            raise
+        return place
+
+    async def release(self, place: Any = None) -> None:
+        hold, renewing = place
+        renewing.cancel()
+        with contextlib.suppress(EmberError):  # Redis lost: the place's lease frees it
+            await _redis.run(self.url, _redis.SETTLE, self.keys, [hold, 0, 0])
+        await super().release()
 
 
 class Limit:
@@ -120,7 +158,8 @@ class Limit:
         self.per_minute: dict[str, float | None] = {"requests": rpm, "tokens": tpm}
         self.next = {"requests": 0.0, "tokens": 0.0}  # time.monotonic() the next turn is at
         self.until = 0.0  # time.monotonic() the provider asked every call to wait until
-        self.places = Places(concurrency) if concurrency else None
+        self.places = None if not concurrency else \
+            SharedPlaces(concurrency, shared, key) if shared else Places(concurrency)
         self.shared, self.key = shared, key  # the Redis URL and key it is shared through
 
     def hold(self, seconds: float, now: float) -> None:
@@ -226,16 +265,15 @@ def turn(call: Call, body: Json) -> contextlib.AbstractAsyncContextManager[None]
 @contextlib.asynccontextmanager
 async def _turn(call: Call, body: Json, limits: list[Limit]) -> AsyncIterator[None]:
     asked = time.monotonic()
-    held: list[Places] = []
+    held: list[tuple[Places, Any]] = []
     try:
         for places in [each.places for each in limits if each.places]:
-            await places.acquire()
-            held.append(places)
+            held.append((places, await places.acquire()))
         call.waited += time.monotonic() - asked if held else 0.0
         yield
     finally:
-        for places in held:
-            places.release()
+        for places, place in held:
+            await places.release(place)
     if call.response is not None and call.response.usage and (tokens := _tokens(limits, body)):
         used = call.response.usage.input_tokens + call.response.usage.output_tokens
         with _lock:
