@@ -253,7 +253,7 @@ async def test_a_place_handed_to_a_caller_cancelled_meanwhile_is_not_lost(told: 
     await places.acquire()
     waiting = asyncio.create_task(places.acquire())
     await asyncio.sleep(0)  # one step: it is in line
-    places.release()  # the place is handed to it; its loop is told on its next step
+    await places.release()  # the place is handed to it; its loop is told on its next step
     if told:
         await asyncio.sleep(0)  # ...which comes; the caller is cancelled before it resumes
     waiting.cancel()
