@@ -9,7 +9,8 @@ Measures, in one run (figures in BENCHMARKS.md, section "Shared through Redis"):
     `models.acall`s (5 rounds, the rounds of every variant interleaved, the best round's
     median) against benchmarks/fake_openai.py (0 ms latency, its own process), with
     nothing configured; under `limit("openai", rpm=10**9)` (no call waits: the cost of
-    taking a turn); under `budget(usd=10**6)` (a reservation and its settlement); and a
+    taking a turn); under `limit("openai", concurrency=1000)` (taking a place and giving
+    it back); under `budget(usd=10**6)` (a reservation and its settlement); and a
     cache hit (SQLite, and Redis). Beside each shared figure: the Redis commands a call
     sent (Redis's own count, INFO commandstats), i.e. its round trips.
  2. Four worker processes x 250 concurrent calls under one `budget(usd=..., shared=...)`,
@@ -91,6 +92,8 @@ def per_call(base_url: str, url: str, calls: int) -> dict[str, tuple[float, floa
     variants: dict[str, tuple[Callable[[], None], Callable[[], Awaitable[Any]]]] = {
         "nothing configured": (lambda: None, call),
         "limit, local": (local, call), "limit, shared": (shared, call),
+        "concurrency, local": (lambda: limit("openai", concurrency=1000), call),
+        "concurrency, shared": (lambda: limit("openai", concurrency=1000, shared=url), call),
         "budget, local": (lambda: None, under(budget(usd=10**6))),
         "budget, shared": (lambda: None, under(shared_budget)),
         "cache hit, SQLite": (lambda: None, lambda: models.acall(MODEL, PROMPT, cache=sqlite,

@@ -27,7 +27,8 @@ its turns are taken in Redis (one round trip, see _redis.PACE), after the call's
 the limits of its own process, and the limits learned from a provider's answers for a call
 under a shared limit are kept there too (a pause is told to Redis as soon as it is learned).
 A shared `concurrency` is one count for them all too (see SharedPlaces: a round trip to
-take a place, one to give it back). While Redis is lost, a call under a shared limit
+take a place, one to give it back); a shared limit of `concurrency` alone shares no rate,
+nor what is learned. While Redis is lost, a call under a shared limit
 fails closed: it raises an EmberError naming the server, unsent (pacing each process alone
 would let N processes go N times the rate: the 429 storm that sharing is for). A pause
 learned by another process reaches a call that has already taken its turn only through the
@@ -160,7 +161,7 @@ class Limit:
         self.until = 0.0  # time.monotonic() the provider asked every call to wait until
         self.places = None if not concurrency else \
             SharedPlaces(concurrency, shared, key) if shared else Places(concurrency)
-        self.shared, self.key = shared, key  # the Redis URL and key it is shared through
+        self.shared, self.key = (shared if rpm or tpm else None), key  # its turns' Redis, key
 
     def hold(self, seconds: float, now: float) -> None:
         """No call starts before `seconds` from now; a longer pause is not waited for."""
