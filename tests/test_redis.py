@@ -218,9 +218,9 @@ def test_a_place_held_by_a_killed_process_is_free_once_its_lease_ends(
         slow_srv: Server, redis_url: str):
     slow_srv.latency = 60  # the worker's call hangs at the server
     lease = 1.5
-    holder = start(PACED.replace("rpm=600", "concurrency=1").replace(
-        "from ember import", f"import ember._redis\nember._redis.LEASE = {lease}\nfrom ember import"),
-        redis_url)
+    leased = f"import ember._redis\nember._redis.LEASE = {lease}\nfrom ember import"
+    holder = start(PACED.replace("rpm=600", "concurrency=1").replace("from ember import", leased),
+                   redis_url)
     assert holder.stdin is not None
     holder.stdin.write("go\n")
     holder.stdin.flush()

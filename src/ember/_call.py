@@ -49,7 +49,7 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
     systems = [system] if system else []  # system= first, then any system messages
     systems += [m["content"] for m in messages if m["role"] == "system"]
     check(all(isinstance(text, str) for text in systems), "system", systems, "text")
-    url = providers.base_url(provider, base_url) if isinstance(base_url, str | None) else ""
+    url = providers.base_url(provider, base_url) if isinstance(base_url, (str, type(None))) else ""
     check(provider == "local" or URL.match(url) is not None, "base_url",
           str(url or base_url).rpartition("@")[2], "an http(s) URL such as http://host:8000/v1")
     check(number(timeout, 0.001), "timeout", timeout, "seconds >= 0.001 (default 600)")

@@ -243,7 +243,7 @@ async def spending(req: Request, body: dict[str, Any]) -> AsyncIterator[Call]:
     """Reserve budget for one call, then settle and record it however it ends (a call a
     shared budget refuses is not recorded, as one refused here is not). The model's price is
     looked up first: nothing after the answer arrives imports or opens a file."""
-    cost(req.provider, req.model, Usage())
+    cost(req.provider, req.model, None)
     call, error = Call(req, hold=_reserve(req, body)), None
     try:
         async with contextlib.AsyncExitStack() as holds:

@@ -13,7 +13,7 @@ Finish = tuple[str, str]  # why an answer ended: (ember's word for it, the provi
 def number(value: object, low: float, whole: bool = False) -> bool:
     """Whether a setting is a number from `low` to 1e308, which a float can hold (an int if
     `whole`; never nan, inf or a bool)."""
-    return isinstance(value, int if whole else int | float) and not isinstance(value, bool) \
+    return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool) \
         and low <= value <= 1e308
 
 
@@ -42,7 +42,7 @@ def finish(said: str | None, words: dict[str, str]) -> Finish | None:
     return (words.get(said, "other"), said) if said else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that would cost a call about 2 µs (object.__setattr__ a field)
 class Request:
     """One call as ember will send it; providers turn it into their wire format."""
 
