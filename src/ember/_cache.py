@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from . import _redis, _spend
+from . import _redis, _spend, providers
 from ._types import Call, Request, Response, number
 from .errors import ConfigError
 
@@ -228,8 +228,6 @@ async def _shared(store: Any, key: str, ttl: float | None,
 async def through(req: Request, send: Callable[[Request], Awaitable[Response]]) -> Response:
     """A model call through its store: a hit costs nothing, says so and is recorded as saved."""
     import hashlib
-
-    from . import providers
 
     url, _, body = providers.module(req.provider).encode(req)
     wire = json.dumps([req.provider, url, body], sort_keys=True, default=str)

@@ -20,6 +20,7 @@ wait for company), and splitting a group by anything but its count (tokens, byte
 import contextlib
 import contextvars
 import functools
+import inspect  # loaded by `import ember` already (see _cache)
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -82,7 +83,6 @@ class _Run(Tracker):
                  progress: bool | None) -> None:
         super().__init__(tag=active_tag() or getattr(fn, "__qualname__", None))  # yours first
         import asyncio
-        import inspect
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm.auto import tqdm  # in Jupyter, a subclass of the notebook's progress widget
@@ -189,7 +189,6 @@ def batch(fn: Callable[..., Any] | None = None, items: Iterable[Any] | None = No
 def _grouping(fn: Callable[..., Any], size: int, wait_ms: float) -> Callable[..., Any]:
     """`@batch`: single-item calls of `fn`, grouped into calls of a list (see batch)."""
     import asyncio
-    import inspect
 
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"@batch goes on an async function that takes a list, not {fn!r}")
