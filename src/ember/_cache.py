@@ -149,8 +149,7 @@ def store_for(cache: Any, stream: bool = False) -> Any:
 def _failed(store: Any, problem: Exception) -> None:
     if id(store) not in _warned:
         _warned.add(id(store))
-        warnings.warn(f"ember: cache {store!r} failed ({problem}); calls go uncached",
-                      stacklevel=4)
+        warnings.warn(f"ember: cache {store!r} failed ({problem}); calls go uncached", stacklevel=4)
 
 
 def _lookup(store: Any, key: str) -> Any:
@@ -280,8 +279,7 @@ def cache(ttl: float | None = None, store: Any = None) -> Callable[[Callable[...
                 key = _key(fn, signature, args, kwargs)
                 if key is None:  # Python's own TypeError, naming the function
                     return await fn(*args, **kwargs)
-                value, _ = await _shared(chosen, key, ttl, lambda: fn(*args, **kwargs))
-                return value
+                return (await _shared(chosen, key, ttl, lambda: fn(*args, **kwargs)))[0]
             return cached_async
 
         @functools.wraps(fn)
