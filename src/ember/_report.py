@@ -57,9 +57,8 @@ def report(since: str = "36500d", tag: str | None = None,
             columns = "".join(f"{keys[name]} AS {name}, " for name in names)
             places = ", ".join(str(place) for place in range(1, len(names) + 1))
             grouped = f" GROUP BY {places} ORDER BY {places}" if names else ""
-            cursor = db.execute(f"SELECT {columns}{SUMS} FROM calls WHERE {FILTER}{grouped}", args)
-            return [dict(zip([d[0] for d in cursor.description], row, strict=True))
-                    for row in cursor]
+            rows = db.execute(f"SELECT {columns}{SUMS} FROM calls WHERE {FILTER}{grouped}", args)
+            return [dict(zip([d[0] for d in rows.description], row, strict=True)) for row in rows]
 
         by_model, latencies = sums("model"), dict[str, list[float]]()
         for name, latency in db.execute(f"SELECT {NAME}, latency FROM calls WHERE {FILTER} "
