@@ -207,8 +207,7 @@ def _grouping(fn: Callable[..., Any], size: int, wait_ms: float) -> Callable[...
     async def join(owner: tuple[Any, ...], item: Any) -> Any:
         key = (asyncio.get_running_loop(), *map(id, owner))  # its owner, held: an id not reused
         if key not in groups:  # the first caller starts the group, in its own context
-            items: list[Any] = []
-            full = asyncio.Event()
+            items, full = list[Any](), asyncio.Event()
             groups[key] = items, full, asyncio.create_task(send(key, owner, items, full))
         items, full, task = groups[key]
         items.append(item)
