@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from . import _redis, _spend
+from . import _redis, _spend, providers
 from ._types import Call, Request, Response, number
 from .errors import ConfigError
 
@@ -149,8 +149,7 @@ def store_for(cache: Any, stream: bool = False) -> Any:
 def _failed(store: Any, problem: Exception) -> None:
     if id(store) not in _warned:
         _warned.add(id(store))
-        warnings.warn(f"ember: cache {store!r} failed ({problem}); calls go uncached",
-                      stacklevel=4)
+        warnings.warn(f"ember: cache {store!r} failed ({problem}); calls go uncached", stacklevel=4)
 
 
 def _lookup(store: Any, key: str) -> Any:
@@ -229,8 +228,6 @@ async def through(req: Request, send: Callable[[Request], Awaitable[Response]]) 
     """A model call through its store: a hit costs nothing, says so and is recorded as saved."""
     import hashlib
 
-    from . import providers
-
     url, _, body = providers.module(req.provider).encode(req)
     wire = json.dumps([req.provider, url, body], sort_keys=True, default=str)
     key, start = "models:" + hashlib.sha256(wire.encode()).hexdigest(), time.perf_counter()
@@ -282,8 +279,7 @@ def cache(ttl: float | None = None, store: Any = None) -> Callable[[Callable[...
                 key = _key(fn, signature, args, kwargs)
                 if key is None:  # Python's own TypeError, naming the function
                     return await fn(*args, **kwargs)
-                value, _ = await _shared(chosen, key, ttl, lambda: fn(*args, **kwargs))
-                return value
+                return (await _shared(chosen, key, ttl, lambda: fn(*args, **kwargs)))[0]
             return cached_async
 
         @functools.wraps(fn)

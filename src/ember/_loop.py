@@ -33,8 +33,7 @@ def _background() -> asyncio.AbstractEventLoop:
     with _lock:
         if _loop is None:
             _loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=_loop.run_forever, name="ember-loop", daemon=True)
-            thread.start()
+            threading.Thread(target=_loop.run_forever, name="ember-loop", daemon=True).start()
             atexit.register(_shutdown, _loop)
     return _loop
 
@@ -71,11 +70,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on the background loop and wait for its result in this thread."""
     import asyncio
 
-    loop = _background()
     if threading.current_thread().name == "ember-loop":
         coro.close()
         raise RuntimeError("a sync ember call cannot run inside ember's own loop; await the a-twin")
-    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    future = asyncio.run_coroutine_threadsafe(coro, _background())
     if (within := scope.get()) is not None:
         within.add(future)
     try:

@@ -20,6 +20,7 @@ wait for company), and splitting a group by anything but its count (tokens, byte
 import contextlib
 import contextvars
 import functools
+import inspect  # loaded by `import ember` already (see _cache)
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -82,7 +83,6 @@ class _Run(Tracker):
                  progress: bool | None) -> None:
         super().__init__(tag=active_tag() or getattr(fn, "__qualname__", None))  # yours first
         import asyncio
-        import inspect
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm.auto import tqdm  # in Jupyter, a subclass of the notebook's progress widget
@@ -132,15 +132,17 @@ def parallel(fn: Callable[[Any], Any], items: Iterable[Any], concurrency: int | 
     return run(aparallel(fn, items, concurrency, progress, errors))
 
 
-def _checked(fn: Callable[..., Any], size: int, out: Any) -> Any:
-    """What `fn` gave for a batch of `size` items: its list of results or its exception as they
-    are, else a TypeError to put in their place (a batch function returns one result per item).
-    """
-    if isinstance(out, Exception) or (isinstance(out, (list, tuple)) and len(out) == size):
-        return out
+def _checked(fn: Callable[..., Any], size: int, out: Any) -> list[Any]:
+    """One result per item, from what `fn` gave for a batch of `size` items: its results, or
+    its exception in place of each; a TypeError in place of each when it gave anything else
+    (a batch function returns one result per item)."""
+    if isinstance(out, Exception):
+        return [out] * size
+    if isinstance(out, (list, tuple)) and len(out) == size:
+        return list(out)
     got = f"{len(out)} results" if isinstance(out, (list, tuple)) else f"a {type(out).__name__}"
-    return TypeError(f"{getattr(fn, '__qualname__', fn)} returned {got} for a batch of {size} "
-                     "items: a batch function returns a list with one result per item")
+    return [TypeError(f"{getattr(fn, '__qualname__', fn)} returned {got} for a batch of {size} "
+                      "items: a batch function returns a list with one result per item")] * size
 
 
 def _sized(size: int, wait_ms: float) -> None:
@@ -159,8 +161,7 @@ async def abatch(fn: Callable[[list[Any]], Any], items: Iterable[Any], size: int
     outs = await aparallel(fn, chunks, concurrency, progress, errors="return")
     results: list[Any] = []
     for chunk, out in zip(chunks, outs, strict=True):
-        out = _checked(fn, len(chunk), out)  # a failed batch fails each of its items
-        results += out if isinstance(out, (list, tuple)) else [out] * len(chunk)
+        results += _checked(fn, len(chunk), out)  # a failed batch fails each of its items
     return _outcome(results, errors)
 
 
@@ -189,7 +190,6 @@ def batch(fn: Callable[..., Any] | None = None, items: Iterable[Any] | None = No
 def _grouping(fn: Callable[..., Any], size: int, wait_ms: float) -> Callable[..., Any]:
     """`@batch`: single-item calls of `fn`, grouped into calls of a list (see batch)."""
     import asyncio
-    import inspect
 
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"@batch goes on an async function that takes a list, not {fn!r}")
@@ -202,16 +202,12 @@ def _grouping(fn: Callable[..., Any], size: int, wait_ms: float) -> Callable[...
             await asyncio.wait_for(full.wait(), wait_ms / 1000)
         if not full.is_set():  # the time is up: later callers start a new group
             del groups[key]
-        out = _checked(fn, len(items), await fn(*owner, items))
-        if isinstance(out, Exception):  # a wrong answer: each caller gets the TypeError
-            raise out
-        return list(out)
+        return _checked(fn, len(items), await fn(*owner, items))
 
     async def join(owner: tuple[Any, ...], item: Any) -> Any:
         key = (asyncio.get_running_loop(), *map(id, owner))  # its owner, held: an id not reused
         if key not in groups:  # the first caller starts the group, in its own context
-            items: list[Any] = []
-            full = asyncio.Event()
+            items, full = list[Any](), asyncio.Event()
             groups[key] = items, full, asyncio.create_task(send(key, owner, items, full))
         items, full, task = groups[key]
         items.append(item)
@@ -220,7 +216,8 @@ def _grouping(fn: Callable[..., Any], size: int, wait_ms: float) -> Callable[...
             del groups[key]
             full.set()
         result = (await asyncio.shield(task))[index]  # a caller's cancellation is its own
-        if isinstance(result, Exception):  # fn's result for this item is an exception
+        # an exception fn returned for this item, or the TypeError of a wrong answer (see _checked)
+        if isinstance(result, Exception):
             raise result
         return result
 

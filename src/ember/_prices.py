@@ -68,13 +68,12 @@ def _lookup(provider: str, model: str) -> list[float] | Pricer | None:
         found, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
     except LookupError:
         return None
-    rates: list[Any] = []
     if isinstance(price := info.prices, ModelPrice):  # else prices, each under a condition
         uncached = price.input_mtok or 0
-        rates = [uncached, price.output_mtok or 0, price.cache_read_mtok or uncached,
-                 price.cache_write_mtok or uncached]
-    if rates and all(isinstance(rate, (int, Decimal)) for rate in rates):
-        return [float(rate) / 1e6 for rate in rates]
+        rates: list[Any] = [uncached, price.output_mtok or 0, price.cache_read_mtok or uncached,
+                            price.cache_write_mtok or uncached]
+        if all(isinstance(rate, (int, Decimal)) for rate in rates):
+            return [float(rate) / 1e6 for rate in rates]
 
     def tiered(u: Usage) -> float:
         usage = PriceUsage(**dataclasses.asdict(u))  # the same names

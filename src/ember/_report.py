@@ -28,6 +28,7 @@ SUMS = (f"count(*) AS calls, sum(cached) AS cached, {TOKENS}, count(*) - count(o
 NAME = "provider || '/' || model"
 FILTER = (f"time >= :since AND (:tag IS NULL OR coalesce(tag, '-') = :tag) "
           f"AND (:model IS NULL OR {NAME} = :model)")
+BUCKETS = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d"}  # the by_time column, as strftime spells it
 
 
 def window(since: str, option: str = "--since") -> int:
@@ -45,12 +46,10 @@ def report(since: str = "36500d", tag: str | None = None,
     from .providers import resolve
 
     seconds = window(since)
-    hours = seconds <= 2 * 86400  # a short window is counted by the hour
-    bucket = "%Y-%m-%d %H:00" if hours else "%Y-%m-%d"
+    bucket = "hour" if seconds <= 2 * 86400 else "day"  # a short window is counted by the hour
     keys = {"model": NAME, "tag": "coalesce(tag, '-')",
-            "time": f"strftime('{bucket}', time, 'unixepoch')"}
-    args = {"since": time.time() - seconds, "tag": tag,
-            "model": model and "/".join(resolve(model))}
+            "time": f"strftime('{BUCKETS[bucket]}', time, 'unixepoch')"}
+    args = {"since": time.time() - seconds, "tag": tag, "model": model and "/".join(resolve(model))}
     with contextlib.closing(connect(home() / LOG, MIGRATIONS)) as db:
 
         def sums(*names: str) -> list[dict[str, Any]]:
@@ -58,9 +57,8 @@ def report(since: str = "36500d", tag: str | None = None,
             columns = "".join(f"{keys[name]} AS {name}, " for name in names)
             places = ", ".join(str(place) for place in range(1, len(names) + 1))
             grouped = f" GROUP BY {places} ORDER BY {places}" if names else ""
-            cursor = db.execute(f"SELECT {columns}{SUMS} FROM calls WHERE {FILTER}{grouped}", args)
-            return [dict(zip([d[0] for d in cursor.description], row, strict=True))
-                    for row in cursor]
+            rows = db.execute(f"SELECT {columns}{SUMS} FROM calls WHERE {FILTER}{grouped}", args)
+            return [dict(zip([d[0] for d in rows.description], row, strict=True)) for row in rows]
 
         by_model, latencies = sums("model"), dict[str, list[float]]()
         for name, latency in db.execute(f"SELECT {NAME}, latency FROM calls WHERE {FILTER} "
@@ -69,8 +67,7 @@ def report(since: str = "36500d", tag: str | None = None,
         for row in by_model:
             row["p50"], row["p95"] = (percentile(latencies.get(row["model"], []), q)
                                       for q in (50, 95))
-        return {"since": since, "tag": tag, "model": args["model"],
-                "bucket": "hour" if hours else "day",
+        return {"since": since, "tag": tag, "model": args["model"], "bucket": bucket,
                 "totals": {name: value or 0 for name, value in sums()[0].items()},
                 "by_model": by_model, "by_tag": sums("tag"), "by_time": sums("time"),
                 "by_time_and_model": sums("time", "model")}

@@ -41,8 +41,7 @@ def retry(max_attempts: int = 3, on: type[BaseException] | tuple[type[BaseExcept
                 signature.bind(*args, **kwargs)
             except TypeError:
                 raise error from None
-            if not isinstance(error, on) or isinstance(error, NEVER) or \
-                    attempt == max_attempts - 1:
+            if attempt == max_attempts - 1 or isinstance(error, NEVER) or not isinstance(error, on):
                 raise error
             return retry_delay(attempt, None, backoff)
 

@@ -33,13 +33,9 @@ def connect(path: Path | str, migrations: list[tuple[str, str]]) -> sqlite3.Conn
     done = {name for (name,) in db.execute("SELECT name FROM migrations")}
     for migration, sql in [(name, sql) for name, sql in migrations if name not in done]:
         db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then skip
-        try:
+        with db:  # commits; on any exception (or a failed commit), rolls back and re-raises
             if not db.execute("SELECT 1 FROM migrations WHERE name = ?", (migration,)).fetchone():
                 for statement in sql.split(";"):
                     db.execute(statement)
                 db.execute("INSERT INTO migrations VALUES (?, julianday('now'))", (migration,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
     return db

@@ -94,9 +94,8 @@ class Response:
         short = self.text if len(self.text) <= 60 else self.text[:57] + "..."
         cost = "unknown" if self.cost is None else f"${self.cost:.6f}"
         tokens = f"{u.input_tokens}+{u.output_tokens}" if (u := self.usage) else "unknown"
-        return (f"Response({short!r}, model='{self.provider}/{self.model}', "
-                f"tokens={tokens}, cost={cost}, "
-                f"latency={self.latency:.3f}s{', cached' if self.cached else ''})")
+        return (f"Response({short!r}, model='{self.provider}/{self.model}', tokens={tokens}, "
+                f"cost={cost}, latency={self.latency:.3f}s{', cached' if self.cached else ''})")
 
 
 @dataclass(slots=True)

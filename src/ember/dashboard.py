@@ -51,9 +51,8 @@ def serve(since: str, tag: str | None, model: str | None, port: int, browser: bo
         return web.Response(text=html, content_type="text/html")
 
     async def data(request: web.Request) -> web.Response:
-        query = request.query
-        return web.json_response(report(since, query.get("tag") or None,
-                                        query.get("model") or None))
+        return web.json_response(report(since, request.query.get("tag") or None,
+                                        request.query.get("model") or None))
 
     html, app = page(), web.Application()
     app.add_routes([web.get("/", index), web.get("/data.json", data)])

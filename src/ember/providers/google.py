@@ -16,8 +16,6 @@ FINISH = {"STOP": "stop", "MAX_TOKENS": "length", **dict.fromkeys(BLOCKED.split(
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
-    headers = {"x-goog-api-key": req.api_key or ""}
-    url = f"{req.base_url}/v1beta/models/{req.model}"
     contents = [{"role": "model" if m["role"] == "assistant" else "user",
                  "parts": [{"text": m["content"]}]} for m in req.messages]
     params = dict(req.params)
@@ -32,19 +30,19 @@ def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     if req.system:
         body["systemInstruction"] = {"parts": [{"text": req.system}]}
     action = "streamGenerateContent?alt=sse" if req.stream else "generateContent"
-    return f"{url}:{action}", headers, body
+    url = f"{req.base_url}/v1beta/models/{req.model}:{action}"
+    return url, {"x-goog-api-key": req.api_key or ""}, body
 
 
 def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
     candidate = (data.get("candidates") or [{}])[0]
     parts = candidate.get("content", {}).get("parts", [])
     text = "".join(part.get("text", "") for part in parts if not part.get("thought"))
-    meta = data.get("usageMetadata")
-    usage = None
-    if meta:  # promptTokenCount includes the cached tokens; candidates leave out the thoughts
-        output = (meta.get("candidatesTokenCount") or 0) + (meta.get("thoughtsTokenCount") or 0)
-        usage = Usage(meta.get("promptTokenCount") or 0, output,
-                      meta.get("cachedContentTokenCount") or 0)
+    # promptTokenCount includes the cached tokens; candidatesTokenCount leaves out the thoughts
+    meta = data.get("usageMetadata") or {}
+    usage = Usage(meta.get("promptTokenCount") or 0,
+                  (meta.get("candidatesTokenCount") or 0) + (meta.get("thoughtsTokenCount") or 0),
+                  meta.get("cachedContentTokenCount") or 0) if meta else None
     blocked = (data.get("promptFeedback") or {}).get("blockReason")  # no candidates then
     return text, usage, ("blocked", blocked) if blocked else finish(
         candidate.get("finishReason"), FINISH)

@@ -13,8 +13,7 @@ from typing import Any
 from .._http import events, post
 from .._types import Finish, Request, Usage, finish
 
-__all__ = ["decode", "decode_embed", "decode_event", "encode", "encode_embed", "events",
-           "messages", "post", "usage"]
+__all__ = ["decode", "decode_embed", "decode_event", "encode", "encode_embed", "events", "post"]
 
 FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
           "function_call": "tool_calls", "content_filter": "blocked", "refusal": "refused"}
@@ -22,18 +21,13 @@ FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
 OBJECT_ROOT = True  # strict json_schema takes only an object at the root: schemas go boxed
 
 
-def messages(req: Request) -> list[dict[str, Any]]:
-    """The chat messages with the system prompt first, as OpenAI-style servers take them."""
-    system = [{"role": "system", "content": req.system}] if req.system else []
-    return system + req.messages
-
-
 def _headers(req: Request) -> dict[str, str]:
     return {"Authorization": f"Bearer {req.api_key}"} if req.api_key else {}
 
 
 def encode(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
-    body = {"model": req.model, "messages": messages(req), **req.params}
+    system = [{"role": "system", "content": req.system}] if req.system else []
+    body = {"model": req.model, "messages": system + req.messages, **req.params}
     if req.provider == "openai" and "max_tokens" in body:
         body["max_completion_tokens"] = body.pop("max_tokens")
     if req.stream:
@@ -51,7 +45,7 @@ def encode_embed(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
     return f"{req.base_url}/embeddings", _headers(req), body
 
 
-def usage(data: dict[str, Any]) -> Usage | None:
+def _usage(data: dict[str, Any]) -> Usage | None:
     usage = data.get("usage")
     if not usage:
         return None
@@ -67,7 +61,7 @@ def decode_event(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None
     said = choice.get("message") or choice.get("delta") or {}
     text = choice.get("text") or said.get("content") or said.get("refusal") or ""
     reason = "refusal" if said.get("refusal") else choice.get("finish_reason")
-    return str(text), usage(data), finish(reason, FINISH)
+    return str(text), _usage(data), finish(reason, FINISH)
 
 
 def decode(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
@@ -79,4 +73,4 @@ def decode(data: dict[str, Any]) -> tuple[str, Usage | None, Finish | None]:
 def decode_embed(data: dict[str, Any]) -> tuple[list[list[float]], Usage | None]:
     """The vectors in input order (each item names its `index`), and the usage."""
     ordered = sorted(data["data"], key=lambda item: item["index"])
-    return [item["embedding"] for item in ordered], usage(data)
+    return [item["embedding"] for item in ordered], _usage(data)
