@@ -4,6 +4,7 @@
     python benchmarks/llama_configs.py --prompts 1      # one few-shot prompt: no prefix switches
     python benchmarks/llama_configs.py --configs S1x1w1t1m2,S1x4w4t1m1u --rounds 4 --per 24
     python benchmarks/llama_configs.py --prompt-rate    # ms a token against the batch's size
+    python benchmarks/llama_configs.py --prefix-cache   # is a prefix seen before resumed?
 
 Each configuration is named S<instances>x<slots>w<workers>t<threads>m<max_tokens>[u]: that
 many xllamacpp Servers (each with `slots` parallel slots, n_parallel, and `threads` llama.cpp
@@ -18,6 +19,10 @@ equals the baseline's.
 --prompt-rate instead processes texts of 8 to 600 words from scratch (cache_prompt off) on
 one single-slot instance, one thread, twice each, and prints llama.cpp's own prompt time a
 token: whether a bigger batch of tokens is cheaper a token.
+
+--prefix-cache sends one single-slot instance the demo's calls under prompts 1, 1, 2, 2, 1,
+3, 2, 1 and prints llama.cpp's cache_n (prompt tokens resumed from its cache) and prompt_n
+(tokens processed): whether switching back to a prompt processes its prefix again.
 """
 
 from __future__ import annotations
@@ -85,7 +90,16 @@ def main() -> None:
     parser.add_argument("--per", type=int, default=24, help="jobs a round")
     parser.add_argument("--prompts", type=int, default=3, help="use the first N prompts")
     parser.add_argument("--prompt-rate", action="store_true")
+    parser.add_argument("--prefix-cache", action="store_true")
     args = parser.parse_args()
+    if args.prefix_cache:
+        server = Config("S1x1w1t1m1").servers[0]
+        for item, n in zip(ITEMS, [0, 0, 1, 1, 0, 2, 1, 0], strict=False):
+            body = {"prompt": PROMPTS[n].format(text=item["text"]), "max_tokens": 1}
+            timings = server.handle_completions(body)["timings"]
+            print(f"prompt {n + 1}: cache_n {timings['cache_n']:3}, prompt_n "
+                  f"{timings['prompt_n']:3}, {timings['prompt_ms']:5.0f} ms")
+        return
     if args.prompt_rate:
         server, words = Config("S1x1w1t1m1").servers[0], " ".join(i["text"] for i in ITEMS).split()
         for n in [8, 17, 34, 68, 146, 300, 600] * 2:
