@@ -12,7 +12,9 @@ Measures, in one run (figures in BENCHMARKS.md, section "Shared through Redis"):
     taking a turn); under `limit("openai", concurrency=1000)` (taking a place and giving
     it back); under `budget(usd=10**6)` (a reservation and its settlement); and a
     cache hit (SQLite, and Redis). Beside each shared figure: the Redis commands a call
-    sent (Redis's own count, INFO commandstats), i.e. its round trips.
+    sent (Redis's own count, INFO commandstats), i.e. its round trips. For scale, in the
+    same rounds: a bare aiohttp call, and one after a bare redis.asyncio EVAL of the shared
+    limit's script (what one round trip before a call costs without ember).
  2. Four worker processes x 250 concurrent calls under one `budget(usd=..., shared=...)`,
     against the fake of tests/fakes.py (50 ms latency, in this process), each call costing
     just what it reserves: sent, refused, spent against the cap, requests at the server.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -50,7 +53,7 @@ from test_pace import Server  # noqa: E402
 from test_redis import PACED, SPENDER, run_all, start  # noqa: E402
 from test_spend import worst_case  # noqa: E402
 
-from ember import SQLiteStore, budget, limit, models  # noqa: E402
+from ember import SQLiteStore, _redis, budget, limit, models  # noqa: E402
 
 ROUNDS = 5
 
@@ -101,10 +104,29 @@ def per_call(base_url: str, url: str, calls: int) -> dict[str, tuple[float, floa
         "cache hit, Redis": (lambda: None, lambda: models.acall(MODEL, PROMPT, cache=url,
                                                                 **params)),
     }
+    clients: dict[str, Any] = {}  # made in the event loop that measures
+
+    async def bare(script: bool) -> Any:
+        """A bare aiohttp call, after a bare EVAL of the shared limit's own script if asked:
+        the least one Redis round trip before a call can cost here."""
+        if script:
+            await clients["redis"].eval(_redis.PACE, 1, "bench:floor", 1, 0, 0.0, 10**9, 0, 0.0)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}],
+                "max_completion_tokens": MAX_TOKENS}
+        async with clients["http"].post(f"{base_url}/chat/completions", json=body,
+                                         headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            return json.loads(await resp.read())
+
+    variants["bare aiohttp"] = (lambda: None, lambda: bare(False))
+    variants["bare aiohttp, after a bare EVAL of PACE"] = (lambda: None, lambda: bare(True))
     best: dict[str, float] = {name: float("inf") for name in variants}
     sent: dict[str, float] = {}
 
     async def measure() -> None:
+        import aiohttp
+        import redis.asyncio
+
+        clients.update(http=aiohttp.ClientSession(), redis=redis.asyncio.Redis.from_url(url))
         for _ in range(ROUNDS + 1):  # the first round warms: connections, data, entries
             for name, (configure, run) in variants.items():
                 configure()
@@ -112,6 +134,8 @@ def per_call(base_url: str, url: str, calls: int) -> dict[str, tuple[float, floa
                 best[name] = min(best[name], await median_call(run, calls))
                 sent[name] = (commands(url) - before) / calls
                 limit("openai")
+        await clients["http"].close()
+        await clients["redis"].aclose()
 
     async def bare_round_trip() -> float:  # for scale: redis-py's own, with no script
         import redis.asyncio
