@@ -70,15 +70,14 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
 
 async def send(req: Request) -> Response:
     """Send one Request: through its cache when it has one, else straight to the provider."""
-    if req.cache is not None:
-        return await _cache.through(req, _answer)
-    return await _answer(req)
+    answer = _send if req.schema is None else _answer
+    return await (answer(req) if req.cache is None else _cache.through(req, answer))
 
 
 async def _answer(req: Request) -> Response:
-    """The answer; one that does not fit the call's schema= is asked for again, up to
-    `retries` times (each try is a call of its own in track() and the usage log)."""
-    for _ in range(req.retries if req.schema is not None else 0):
+    """The answer to a call with a schema=: one that does not fit it is asked for again, up
+    to `retries` times (each try is a call of its own in track() and the usage log)."""
+    for _ in range(req.retries):
         with contextlib.suppress(InvalidOutput):
             return await _send(req)
     return await _send(req)

@@ -238,24 +238,38 @@ def _reserve(req: Request, body: dict[str, Any]) -> Any:
     return budgets, usd or 0.0, tokens
 
 
-@contextlib.asynccontextmanager
-async def spending(req: Request, body: dict[str, Any]) -> AsyncIterator[Call]:
-    """Reserve budget for one call, then settle and record it however it ends (a call a
-    shared budget refuses is not recorded, as one refused here is not). The model's price is
-    looked up first: nothing after the answer arrives imports or opens a file."""
-    cost(req.provider, req.model, None)
-    call, error = Call(req, hold=_reserve(req, body)), None
-    try:
-        async with contextlib.AsyncExitStack() as holds:
-            for cap in call.hold[0] if call.hold else ():
+class spending:  # a class, not a generator: every call enters it, and that saves each ~3 µs
+    """`async with spending(req, body) as call:` reserve budget for one call, then settle and
+    record it however it ends (a call a shared budget refuses is not recorded, as one refused
+    here is not). The model's price is looked up first: nothing after the answer arrives
+    imports or opens a file."""
+
+    def __init__(self, req: Request, body: dict[str, Any]) -> None:
+        cost(req.provider, req.model, None)
+        self.call = Call(req, hold=_reserve(req, body))
+        self.holds: contextlib.AsyncExitStack | None = None  # made for a shared budget only
+
+    async def __aenter__(self) -> Call:
+        try:
+            for cap in self.call.hold[0] if self.call.hold else ():
                 if cap.shared:
-                    await holds.enter_async_context(_shared(cap, call))
-            yield call
-    except BaseException as caught:  # GeneratorExit: a stream's reader stopped early, no error
-        error = None if isinstance(caught, GeneratorExit) else caught
-        raise
-    finally:
-        record(call, error)
+                    self.holds = self.holds or contextlib.AsyncExitStack()
+                    await self.holds.enter_async_context(_shared(cap, self.call))
+        except BaseException as caught:
+            await self.__aexit__(None, caught, None)
+            raise
+        return self.call
+
+    async def __aexit__(self, *exc: Any) -> None:
+        error = exc[1]
+        try:  # the settlements first: one that fails is the call's error
+            if self.holds is not None:
+                await self.holds.aclose()
+        except BaseException as caught:
+            error = caught
+            raise
+        finally:  # GeneratorExit: a stream's reader stopped early, no error
+            record(self.call, None if isinstance(error, GeneratorExit) else error)
 
 
 @contextlib.asynccontextmanager
