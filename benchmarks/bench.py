@@ -516,11 +516,13 @@ def main() -> None:
                         help="also cProfile ember's sequential calls in one setting: "
                              "nolog, log (the default), track or budget")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of the sequential calls "
+                        "(default 20: 100 calls per client a round)")
     args = parser.parse_args()
     n_seq = args.calls or (500 if args.quick else 2000)
     n_conc = args.concurrent_calls or (2000 if args.quick else 5000)
     reps = 1 if args.quick else 3
-    rounds = 2 if args.quick else 4
+    rounds = args.rounds or (2 if args.quick else 20)  # short rounds: drift hits all alike
     import_runs = 3 if args.quick else 7
 
     # ember's usage log goes to a folder of our own, never to the user's ~/.ember; the
