@@ -151,16 +151,13 @@ async def per_loop(table: dict[Any, tuple[Any, Any]], make: Callable[[], Any],
     return table[loop][0]
 
 
-async def _session() -> aiohttp.ClientSession:
-    def open_session() -> aiohttp.ClientSession:  # aiohttp imported on first use
-        import aiohttp
+def _open_session() -> aiohttp.ClientSession:
+    """An event loop's pooled session (see per_loop); aiohttp imported on first use."""
+    import aiohttp
 
-        size = _pool_size()
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=2 * size, limit_per_host=size))
-
-    session: aiohttp.ClientSession = await per_loop(_sessions, open_session)
-    return session
+    size = _pool_size()
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=2 * size, limit_per_host=size))
 
 
 async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, Any],
@@ -170,7 +167,7 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
     `stream=True` the open response to read events from."""
     import aiohttp
 
-    req, session = call.request, await _session()
+    req, session = call.request, await per_loop(_sessions, _open_session)
     timeouts = 0  # a server that hangs gets a second chance, not a fourth
     for attempt in range(req.retries + 1):
         await _pace.wait(call, body)  # every attempt waits for its turn: the provider counts it
