@@ -56,7 +56,8 @@ def main() -> None:
             return data["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
 
         async def transport() -> str:  # ember's _http.post: its session, retry loop, _read_json
-            data = await _http.post(Call(req), url, headers, {"model": MODEL, "messages": messages()})
+            body = {"model": MODEL, "messages": messages()}
+            data = await _http.post(Call(req), url, headers, body)
             return data["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
 
         async def encoded() -> str:  # + providers.module() and encode()
