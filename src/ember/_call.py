@@ -39,15 +39,18 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
             schema: Any = None, **params: Any) -> Request:
     """Check and normalise one call into a Request (no I/O)."""
     provider, name = providers.resolve(model)
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+    check = ConfigError.check
+    systems = [system] if system else []  # system= first, then any system messages
+    if isinstance(prompt, str):  # the usual prompt: one user message, nothing to look into
+        chat = [{"role": "user", "content": prompt}]
+    elif not isinstance(prompt, list) or not all(isinstance(m, dict) for m in prompt):
         raise TypeError(f"prompt must be a str or a list of {{'role', 'content'}} dicts, "
                         f"not {prompt!r:.60}")
-    check = ConfigError.check
-    check(all("role" in m and "content" in m for m in messages), "prompt", prompt,
-          "a str or a list of messages that each have a 'role' and a 'content'")
-    systems = [system] if system else []  # system= first, then any system messages
-    systems += [m["content"] for m in messages if m["role"] == "system"]
+    else:
+        check(all("role" in m and "content" in m for m in prompt), "prompt", prompt,
+              "a str or a list of messages that each have a 'role' and a 'content'")
+        systems += [m["content"] for m in prompt if m["role"] == "system"]
+        chat = [m for m in prompt if m["role"] != "system"]
     check(all(isinstance(text, str) for text in systems), "system", systems, "text")
     url = providers.base_url(provider, base_url) if isinstance(base_url, (str, type(None))) else ""
     check(provider == "local" or URL.match(url) is not None, "base_url",
@@ -59,7 +62,6 @@ def request(model: str, prompt: Prompt, *, system: str | None = None, api_key: s
     check(number(max_tokens, 1, whole=True), "max_tokens", max_tokens, "a whole number >= 1")
     check(api_key is None or (isinstance(api_key, str) and api_key.isprintable()), "api_key", "***",
           "a str without control characters (a key read from a file may end in a newline)")
-    chat = [m for m in messages if m["role"] != "system"]
     store = _cache.store_for(cache, stream)
     if schema is not None and stream:
         raise ConfigError("schema= needs the whole answer: call without streaming")
