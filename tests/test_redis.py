@@ -197,21 +197,27 @@ def test_four_processes_sharing_one_concurrency_never_have_more_calls_in_flight(
     assert redis.Redis.from_url(redis_url).zcard("ember:limit:openai:places:held") == 0
 
 
-async def test_a_call_cancelled_while_waiting_for_a_shared_place_takes_none(
+async def test_a_call_cancelled_while_asking_redis_for_a_place_leaves_none_taken(
         slow_srv: Server, redis_url: str):
     limit("openai", concurrency=1, shared=redis_url)
-    slow_srv.latency = 0.3
-    first = asyncio.create_task(models.acall(GPT, "first"))
-    await asyncio.to_thread(slow_srv.wait_for, 1)
-    second = asyncio.create_task(models.acall(GPT, "second"))
-    await asyncio.sleep(0.1)  # it asks Redis for the place, and again
-    second.cancel()
-    await first
+    client, held = redis.Redis.from_url(redis_url), "ember:limit:openai:places:held"
+    seconds, micros = client.time()  # the one place, held by another process (Redis's clock)
+    client.zadd(held, {"another-process 0 1": seconds + micros / 1e6 + 60})
+
+    def asked() -> int:  # the scripts Redis has run
+        return int(client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+
+    before = asked()
+    waiting = asyncio.create_task(models.acall(GPT, "waits"))
+    while await asyncio.to_thread(asked) < before + 3:  # refused, and asking again
+        assert not waiting.done()
+    waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await second
-    assert redis.Redis.from_url(redis_url).zcard("ember:limit:openai:places:held") == 0
-    await asyncio.wait_for(models.acall(GPT, "third"), 2)
-    assert [r.json["messages"][0]["content"] for r in slow_srv.requests] == ["first", "third"]
+        await waiting
+    assert client.zrange(held, 0, -1) == [b"another-process 0 1"]  # none of its own left
+    client.zrem(held, "another-process 0 1")  # the other process is done
+    await asyncio.wait_for(models.acall(GPT, "next"), 2)  # its own process's place is free
+    assert [r.json["messages"][0]["content"] for r in slow_srv.requests] == ["next"]
 
 
 def test_a_place_held_by_a_killed_process_is_free_once_its_lease_ends(
