@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 MODEL = "gpt-4o-mini"
@@ -248,6 +249,16 @@ async def seq_round(call: Call, n: int, times: list[int]) -> None:
         t0 = clock()
         await call()
         times.append(clock() - t0)
+
+
+async def median_call(run: Callable[[], Awaitable[Any]], calls: int) -> float:
+    """Median µs of `calls` sequential awaits of `run()` (cache.py and shared.py use it)."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter_ns()
+        await run()
+        times.append(time.perf_counter_ns() - start)
+    return statistics.median(times) / 1e3
 
 
 def seq_round_sync(call: Callable[[], str], n: int, times: list[int]) -> None:

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -42,7 +41,7 @@ os.environ["EMBER_HOME"] = HOME = tempfile.mkdtemp(prefix="ember-bench-cache-")
 for name in ("EMBER_LOG", "EMBER_LOG_PROMPTS"):
     os.environ.pop(name, None)
 
-from bench import KEY, MAX_TOKENS, MODEL, PROMPT, FakeServer, make_bare  # noqa: E402
+from bench import KEY, MAX_TOKENS, MODEL, PROMPT, FakeServer, make_bare, median_call  # noqa: E402
 from fakes import OpenAIServer  # noqa: E402
 
 from ember import MemoryStore, SQLiteStore, _log, cache, models  # noqa: E402
@@ -74,15 +73,6 @@ async def aper_hit(run: Callable[[], Awaitable[Any]], hits: int) -> float:
             await run()
         best = min(best, (time.perf_counter() - start) / (hits // ROUNDS) * 1e6)
     return best
-
-
-async def median_call(run: Callable[[], Awaitable[Any]], calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter_ns()
-        await run()
-        times.append(time.perf_counter_ns() - start)
-    return statistics.median(times) / 1e3
 
 
 def breakdown(base_url: str, hits: int) -> dict[str, float]:

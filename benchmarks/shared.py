@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ for name in ("EMBER_LOG", "EMBER_LOG_PROMPTS"):
     os.environ.pop(name, None)
 
 import redis  # noqa: E402
-from bench import KEY, MAX_TOKENS, MODEL, PROMPT, FakeServer  # noqa: E402
+from bench import KEY, MAX_TOKENS, MODEL, PROMPT, FakeServer, median_call  # noqa: E402
 from conftest import RedisServer  # noqa: E402
 from fakes import OpenAIServer  # noqa: E402
 from test_pace import Server  # noqa: E402
@@ -56,15 +55,6 @@ from test_spend import worst_case  # noqa: E402
 from ember import SQLiteStore, _redis, budget, limit, models  # noqa: E402
 
 ROUNDS = 5
-
-
-async def median_call(run: Callable[[], Awaitable[Any]], calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter_ns()
-        await run()
-        times.append(time.perf_counter_ns() - start)
-    return statistics.median(times) / 1e3
 
 
 def commands(url: str) -> int:
