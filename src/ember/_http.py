@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
 import math
 import random
@@ -160,6 +161,13 @@ def _open_session() -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=2 * size, limit_per_host=size))
 
 
+@functools.lru_cache(maxsize=256)  # a call without a deadline takes the one for its timeout
+def _timeouts(total: float | None, silence: float) -> aiohttp.ClientTimeout:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT, silence), sock_read=silence)
+
+
 async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, Any],
                stream: bool = False, decode: Any = None) -> Any:
     """POST `body` as JSON, with retries: the JSON answer of a 200, passed through `decode`
@@ -174,9 +182,7 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
         call.start = call.start or time.perf_counter()  # latency: from the first attempt sent
         end = call.start + req.deadline if req.deadline else math.inf
         wait = None
-        timeout = aiohttp.ClientTimeout(total=req.deadline and end - time.perf_counter(),
-                                        sock_connect=min(CONNECT, req.timeout),
-                                        sock_read=req.timeout)
+        timeout = _timeouts(req.deadline and end - time.perf_counter(), req.timeout)
         try:
             resp = await session.post(url, json=body, headers=headers, timeout=timeout,
                                       allow_redirects=False)
@@ -189,11 +195,12 @@ async def post(call: Call, url: str, headers: dict[str, str], body: dict[str, An
             if resp.status == 200 and stream:
                 return resp
             if resp.status == 200:
-                with contextlib.suppress(ValueError, LookupError, TypeError, AttributeError):
+                try:  # not contextlib.suppress: that costs every call 0.3 µs
                     return decode(json.loads(answer)) if decode else json.loads(answer)
-                error = _error(req, 200, "the answer was cut short or was not valid JSON of "
-                               f"the expected shape; it began: {answer[:200]!r}",
-                               call.request_id)
+                except (ValueError, LookupError, TypeError, AttributeError):
+                    error = _error(req, 200, "the answer was cut short or was not valid JSON "
+                                   f"of the expected shape; it began: {answer[:200]!r}",
+                                   call.request_id)
             else:  # a redirect is not followed: that would send the key elsewhere
                 error = _error(req, resp.status, _message(answer) if resp.status >= 400 else
                                f"redirected to {resp.headers.get('Location')}, not followed",

@@ -191,6 +191,8 @@ def limit(target: str, rpm: float | None = None, tpm: float | None = None,
 def _limits(req: Request) -> list[Limit]:
     """The limits of a call: its provider's and its model's, and what its provider said
     (a server on the user's own machine says nothing that counts)."""
+    if not _configured and not _learned:  # nothing configured, and no provider said a thing
+        return []
     found = [_configured.get(req.provider), _configured.get(f"{req.provider}/{req.model}")]
     if req.provider not in FREE:  # a model that has said nothing yet paces nothing
         learned = _learned_of(req)
