@@ -237,8 +237,7 @@ class Models:
             call.response.vectors = vectors
         return call.response
 
-    def instance(self, model: str, **defaults: Any) -> Model:
-        return Model(model, **defaults)
+    instance = Model  # models.instance("gpt-4o", temperature=0) makes a Model
 
 
 models = Models()

@@ -56,10 +56,8 @@ def retry_delay(attempt: int, retry_after: float | None, backoff: float | None =
 
 def _retry_after(headers: Any) -> float | None:
     """Seconds the provider asks us to wait, if it says so in a form we can read."""
-    if "retry-after-ms" in headers:
-        value, scale = headers["retry-after-ms"], 0.001
-    else:
-        value, scale = headers.get("retry-after"), 1.0
+    ms = headers.get("retry-after-ms")
+    value, scale = (headers.get("retry-after"), 1.0) if ms is None else (ms, 0.001)
     try:
         return max(0.0, float(value) * scale) if value is not None else None
     except ValueError:
@@ -154,11 +152,10 @@ async def per_loop(table: dict[Any, tuple[Any, Any]], make: Callable[[], Any],
 
 def _open_session() -> aiohttp.ClientSession:
     """An event loop's pooled session (see per_loop); aiohttp imported on first use."""
-    import aiohttp
+    from aiohttp import ClientSession, TCPConnector
 
     size = _pool_size()
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=2 * size, limit_per_host=size))
+    return ClientSession(connector=TCPConnector(limit=2 * size, limit_per_host=size))
 
 
 @functools.lru_cache(maxsize=256)  # a call without a deadline takes the one for its timeout

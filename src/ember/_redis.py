@@ -33,7 +33,6 @@ from .errors import ConfigError, EmberError
 
 if TYPE_CHECKING:
     import redis
-    import redis.asyncio
 
 __all__ = ["LEASE", "PACE", "RESERVE", "SCHEMES", "SETTLE", "RedisStore", "check", "client",
            "renew", "run", "safe", "spent", "store"]

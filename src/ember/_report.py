@@ -31,11 +31,10 @@ FILTER = (f"time >= :since AND (:tag IS NULL OR coalesce(tag, '-') = :tag) "
 BUCKETS = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d"}  # the by_time column, as strftime spells it
 
 
-def window(since: str, option: str = "--since") -> int:
-    """Seconds in a window written as days or hours: 7d, 12h."""
+def window(since: str, flag: str = "--since") -> int:
+    """Seconds in a window written as days or hours: 7d, 12h (else a ConfigError naming `flag`)."""
     if not since[:-1].isdigit() or since[-1:] not in ("d", "h"):
-        raise ConfigError(f"{option} takes a number of days or hours, like 7d or 12h, not "
-                          f"{since!r}")
+        raise ConfigError(f"{flag} takes a number of days or hours, like 7d or 12h, not {since!r}")
     return int(since[:-1]) * (86400 if since[-1] == "d" else 3600)
 
 

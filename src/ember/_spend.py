@@ -85,11 +85,10 @@ class Tracker(_Scope):
         self.by_model: dict[str, Tracker] = _ByModel()
 
     def _add(self, call: Call, error: BaseException | None) -> None:
-        r = call.response
         self.calls += 1
         self.retries += call.retries
         self.errors += error is not None
-        if r is None:
+        if (r := call.response) is None:
             return
         self.latencies.append(r.latency)
         if r.cached:
@@ -203,9 +202,8 @@ def active_tag() -> str | None:
 
 def max_out(body: dict[str, Any]) -> int | None:
     """The most tokens the call may write: its max_tokens, in the provider's words."""
-    config = body.get("generationConfig", {})
     found = [body.get("max_tokens"), body.get("max_completion_tokens"),
-             config.get("maxOutputTokens")]
+             body.get("generationConfig", {}).get("maxOutputTokens")]
     return next((int(n) for n in found if n is not None), None)
 
 
@@ -221,8 +219,7 @@ def _input_bound(req: Request) -> int:
 
 
 def _reserve(req: Request, body: dict[str, Any]) -> Any:
-    budgets = _budgets.get()
-    if not budgets:
+    if not (budgets := _budgets.get()):
         return None
     tokens_in, tokens_out = _input_bound(req), max_out(body)
     usd = cost(req.provider, req.model, Usage(tokens_in, tokens_out or 0, 0, tokens_in))

@@ -1,6 +1,7 @@
 """The `ember` command, one subcommand each: `ember ask "prompt" -m MODEL` (or just
 `ember "prompt"`), `ember demo`, `ember usage`, `ember models`, `ember dashboard`,
-`ember cache stats|clear`. Each runs one small function; _add_commands adds their parsers."""
+`ember cache stats|clear`. Each runs one small function, called with its options by name;
+_add_commands adds their parsers."""
 
 import argparse
 import datetime
@@ -135,7 +136,8 @@ def _window(parser: argparse.ArgumentParser, since: str) -> None:
     parser.add_argument("--model", help="only the calls to this model")
 
 
-def _command(commands: Any, name: str, about: str, run: Callable[[Any], int]) -> Any:
+def _command(commands: Any, name: str, about: str, run: Callable[..., int]) -> Any:
+    """A subcommand's parser; `run` is called with its options as keyword arguments."""
     parser = commands.add_parser(name, help=about, description=about)
     parser.set_defaults(run=run)
     return parser
@@ -156,26 +158,22 @@ def cache(action: str, older_than: str | None) -> int:
 
 def _add_commands(commands: Any) -> None:
     """Each subcommand's parser, and what it runs."""
-    parser = _command(commands, "ask", 'stream an answer (the default: ember "prompt")',
-                      lambda o: ask(o.prompt, o.model))
+    parser = _command(commands, "ask", 'stream an answer (the default: ember "prompt")', ask)
     parser.add_argument("prompt")
     parser.add_argument("-m", "--model", default=DEMO_MODEL, help=f"default {DEMO_MODEL}")
-    _command(commands, "demo", "the main job, on the embedded model", lambda o: demo())
-    parser = _command(commands, "usage", "the usage log by model, tag and time",
-                      lambda o: usage(o.since, o.tag, o.model, o.json))
+    _command(commands, "demo", "the main job, on the embedded model", demo)
+    parser = _command(commands, "usage", "the usage log by model, tag and time", usage)
     _window(parser, "36500d")
-    parser.add_argument("--json", action="store_true", help="as JSON")
-    parser = _command(commands, "models", "the known models, USD per million tokens",
-                      lambda o: known(o.provider))
+    parser.add_argument("--json", dest="as_json", action="store_true", help="as JSON")
+    parser = _command(commands, "models", "the known models, USD per million tokens", known)
     parser.add_argument("--provider", choices=[*PRICED, "local"], help="only this provider's")
     parser = _command(commands, "dashboard", "the usage log as a live page on 127.0.0.1",
-                      lambda o: dashboard.main(o.since, o.tag, o.model, o.port, o.html, o.open))
+                      dashboard.main)
     _window(parser, "7d")
     parser.add_argument("--port", type=int, default=dashboard.PORT, help="0: any free port")
     parser.add_argument("--html", metavar="FILE", help="write the page, data included, to FILE")
-    parser.add_argument("--no-browser", dest="open", action="store_false", help="print the URL")
-    parser = _command(commands, "cache", "the default cache store: its size, or clear it",
-                      lambda o: cache(o.action, o.older_than))
+    parser.add_argument("--no-browser", dest="browser", action="store_false", help="print the URL")
+    parser = _command(commands, "cache", "the default cache store: its size, or clear it", cache)
     parser.add_argument("action", choices=["stats", "clear"])
     parser.add_argument("--older-than", metavar="AGE", help="clear: only entries written over "
                         "AGE ago (7d, 12h), and the expired ones")
@@ -189,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] not in (*commands.choices, "-h", "--help"):
         args = ["ask", *args]  # ember "prompt" -m MODEL
-    o = parser.parse_args(args)
+    options = vars(parser.parse_args(args))
+    run = options.pop("run")
     try:
-        return int(o.run(o))
+        return int(run(**options))
     except MissingKey as error:  # the command line has no api_key= to pass
         print(f"ember: no API key for {error.provider}: set {' or '.join(error.variables)}",
               file=sys.stderr)

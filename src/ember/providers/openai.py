@@ -46,8 +46,7 @@ def encode_embed(req: Request) -> tuple[str, dict[str, str], dict[str, Any]]:
 
 
 def _usage(data: dict[str, Any]) -> Usage | None:
-    usage = data.get("usage")
-    if not usage:
+    if not (usage := data.get("usage")):
         return None
     cache = usage.get("prompt_tokens_details") or {}  # prompt_tokens includes these
     return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0,
