@@ -256,15 +256,22 @@ def test_sync_calls_from_two_threads_share_one_request(
         openai_srv: OpenAIServer, joined: threading.Semaphore) -> None:
     openai_srv.latency = 0.5
     results: list[Any] = []
-    threads = [threading.Thread(target=lambda: results.append(ask())) for _ in range(2)]
+    _second_joins_first(openai_srv, joined, lambda: results.append(ask()))
+    assert len(openai_srv.requests) == 1
+    assert sorted(r.cached for r in results) == [False, True]
+
+
+def _second_joins_first(srv: OpenAIServer, joined: threading.Semaphore,
+                        call: Callable[[], None]) -> None:
+    """Run `call` in two threads: the second starts once the first's request is at the
+    server, and has joined it (the `joined` fixture) before both are waited for."""
+    threads = [threading.Thread(target=call) for _ in range(2)]
     threads[0].start()
-    assert openai_srv.wait_for(1)  # the first call is at the server...
+    assert srv.wait_for(1)  # the first call is at the server...
     threads[1].start()  # ...when the second one is made
     assert joined.acquire(timeout=5)
     for thread in threads:
         thread.join(10)
-    assert len(openai_srv.requests) == 1
-    assert sorted(r.cached for r in results) == [False, True]
 
 
 def test_calls_from_two_event_loops_share_one_request(
@@ -275,13 +282,7 @@ def test_calls_from_two_event_loops_share_one_request(
     def in_a_loop_of_its_own() -> None:
         results.append(asyncio.run(models.acall("gpt-4o-mini", "Hi", cache=True)))
 
-    threads = [threading.Thread(target=in_a_loop_of_its_own) for _ in range(2)]
-    threads[0].start()
-    assert openai_srv.wait_for(1)
-    threads[1].start()
-    assert joined.acquire(timeout=5)
-    for thread in threads:
-        thread.join(10)
+    _second_joins_first(openai_srv, joined, in_a_loop_of_its_own)
     assert len(openai_srv.requests) == 1
     assert sorted(r.cached for r in results) == [False, True]
 
